@@ -1,0 +1,39 @@
+"""mae-hf: Masked Autoencoders (MAE) as first-class Hugging Face models, with Accelerate training scripts."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mae-hf",
+    version="0.1.0",
+    description="Masked Autoencoders (He et al.) for transformers: faithful numerics, Accelerate scripts, Hub publishing",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    package_dir={"": "modeling"},
+    packages=find_packages("modeling"),
+    include_package_data=True,
+    package_data={"mae_hf": ["metrics/*/*.py"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "transformers>=5,<6",
+        "datasets>=3",
+        "accelerate>=1.2",
+        "evaluate>=0.4",
+        "huggingface_hub>=1.0",
+        "safetensors>=0.4",
+        "timm>=1.0",
+        "pillow>=10",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "tensorboard",
+    ],
+    extras_require={
+        "demo": ["scikit-learn"],
+        "dev": ["pytest", "ruff", "scikit-learn"],
+    },
+)
