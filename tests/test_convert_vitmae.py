@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_mae import ReferenceMAE, randomize_
+from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
+
 from mae_hf import MAEConfig, MAEForPreTraining, MAEModel
 from mae_hf.convert import (
     mae_from_vitmae,
@@ -13,8 +16,6 @@ from mae_hf.convert import (
     vitmae_from_mae,
     vitmae_to_mae_state_dict,
 )
-from reference_mae import ReferenceMAE, randomize_
-from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,17 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from reference_mae import ReferenceMAE, ReferenceViT, numpy_sincos_2d, randomize_
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+    pipeline,
+)
+
 from mae_hf import (
     MAEConfig,
     MAEForImageClassification,
@@ -23,16 +34,6 @@ from mae_hf import (
     unpatchify,
 )
 from mae_hf.convert import reference_to_mae_state_dict
-from PIL import Image
-from reference_mae import ReferenceMAE, ReferenceViT, numpy_sincos_2d, randomize_
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForPreTraining,
-    pipeline,
-)
 
 TINY = dict(
     image_size=32,

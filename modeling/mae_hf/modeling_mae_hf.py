@@ -643,9 +643,9 @@ class MAEForPreTraining(MAEPreTrainedModel):
             var = target.var(dim=-1, keepdim=True)  # unbiased, as the reference
             target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
         loss = ((pred - target) ** 2).mean(dim=-1)
-        if not mask.any():
-            return loss.mean()
-        return (loss * mask).sum() / mask.sum()
+        removed = mask.sum()
+        # torch.where instead of an `if` on a tensor: no host-device sync in the training step
+        return torch.where(removed > 0, (loss * mask).sum() / removed.clamp_min(1), loss.mean())
 
     def forward(
         self,
