@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 setup(
     name="mae-hf",
     version="0.1.0",
-    description="Masked Autoencoders (He et al.) for transformers: faithful numerics, Accelerate scripts, Hub publishing",
+    description="Masked Autoencoders (He et al.) for transformers: reference numerics, Accelerate scripts, Hub",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",

@@ -1,0 +1,69 @@
+"""Optimisation as the reference: weight-decay groups, lr scaling with the effective batch, and the per-iteration
+warm-up + half-cycle cosine schedule computed from the global step (no mutable scheduler state)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def param_groups_weight_decay(
+    model: nn.Module, weight_decay: float, no_weight_decay_names: Iterable[str] = ()
+) -> list[dict]:
+    """The reference's (timm 0.3.2) ``add_weight_decay``: frozen parameters (the fixed sin-cos position tables) are
+    left out; biases and 1-D parameters (norms) get no decay; everything else, including ``cls_token``,
+    ``mask_token`` and the patch-embedding weight, is decayed. Names in ``no_weight_decay_names`` (matched on the
+    last name component or the full name) are also exempt."""
+    skip = set(no_weight_decay_names)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias") or name in skip or name.rsplit(".", 1)[-1] in skip:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
+
+
+def scaled_learning_rate(blr: float, effective_batch_size: int, learning_rate: float | None = None) -> float:
+    """``learning_rate`` if given, else the reference's linear scaling ``blr × effective batch / 256``."""
+    return learning_rate if learning_rate is not None else blr * effective_batch_size / 256
+
+
+def cosine_lr_at(epoch: float, base_lr: float, min_lr: float, warmup_epochs: float, total_epochs: float) -> float:
+    """The reference schedule at a fractional epoch: linear warm-up from 0, then half-cycle cosine to ``min_lr``."""
+    if epoch < warmup_epochs:
+        return base_lr * epoch / warmup_epochs
+    if total_epochs <= warmup_epochs:
+        return base_lr
+    progress = min(1.0, (epoch - warmup_epochs) / (total_epochs - warmup_epochs))
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_at_step(
+    step: int, steps_per_epoch: int, base_lr: float, min_lr: float, warmup_epochs: float, total_steps: int
+) -> float:
+    """The lr of optimizer step ``step`` (0-based): the fractional epoch is ``step / steps_per_epoch``."""
+    return cosine_lr_at(step / steps_per_epoch, base_lr, min_lr, warmup_epochs, total_steps / steps_per_epoch)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Write ``lr`` into every group, times the group's ``lr_scale`` (layer-wise decay) when it has one."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+__all__ = [
+    "cosine_lr_at",
+    "lr_at_step",
+    "param_groups_weight_decay",
+    "scaled_learning_rate",
+    "set_learning_rate",
+]
