@@ -13,7 +13,6 @@ import sys
 
 import pytest
 import torch
-from reference_mae import ReferenceMAE, ReferenceViT, randomize_
 from safetensors.torch import save_file
 from torch import nn
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
@@ -29,6 +28,7 @@ from mae_hf.checkpoints import (
     load_reference_model,
 )
 from mae_hf.convert import mae_to_vitmae_state_dict, reference_to_mae_state_dict
+from mae_hf.timm_reference import ReferenceMAE, ReferenceViT, randomize_
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "convert_checkpoint.py"

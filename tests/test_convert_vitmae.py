@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_mae import ReferenceMAE, randomize_
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
 from mae_hf import MAEConfig, MAEForPreTraining, MAEModel
@@ -16,6 +15,7 @@ from mae_hf.convert import (
     vitmae_from_mae,
     vitmae_to_mae_state_dict,
 )
+from mae_hf.timm_reference import ReferenceMAE, randomize_
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reference_mae import ReferenceMAE, ReferenceViT, numpy_sincos_2d, randomize_
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -34,21 +33,12 @@ from mae_hf import (
     unpatchify,
 )
 from mae_hf.convert import reference_to_mae_state_dict
-
-TINY = dict(
-    image_size=32,
-    patch_size=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    decoder_hidden_size=16,
-    decoder_num_hidden_layers=1,
-    decoder_num_attention_heads=2,
-)
+from mae_hf.timm_reference import ReferenceMAE, ReferenceViT, numpy_sincos_2d, randomize_
 
 
 def tiny_config(**overrides) -> MAEConfig:
-    return MAEConfig(**{**TINY, **overrides})
+    """32 px, 8 px patches, a 2-block 32-wide encoder and a 1-block 16-wide decoder."""
+    return MAEConfig.from_preset("mae-vit-tiny-test", **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,18 @@ _VITMAE_V4_TO_V5 = [
     (r"\.output\.dense\.", ".mlp.fc2."),
 ]
 
+# ViTMAE (v5 in-memory) name -> this project's, for the tensors outside the blocks that do not follow a prefix rule.
+_VITMAE_SINGLE = {
+    "vit.embeddings.cls_token": "mae.cls_token",
+    "vit.embeddings.position_embeddings": "mae.pos_embed",
+    "vit.embeddings.patch_embeddings.projection.weight": "mae.patch_embed.proj.weight",
+    "vit.embeddings.patch_embeddings.projection.bias": "mae.patch_embed.proj.bias",
+    "vit.layernorm.weight": "mae.norm.weight",
+    "vit.layernorm.bias": "mae.norm.bias",
+    "decoder.mask_token": "decoder.mask_token",
+    "decoder.decoder_pos_embed": "decoder.pos_embed",
+}
+
 _VITMAE_BLOCK = {
     "layernorm_before": "norm1",
     "layernorm_after": "norm2",
@@ -121,18 +133,8 @@ def vitmae_to_mae_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDic
                 continue
             converted[f"{prefix}.{_VITMAE_BLOCK[inner]}.{kind}"] = value
             continue
-        simple = {
-            "vit.embeddings.cls_token": "mae.cls_token",
-            "vit.embeddings.position_embeddings": "mae.pos_embed",
-            "vit.embeddings.patch_embeddings.projection.weight": "mae.patch_embed.proj.weight",
-            "vit.embeddings.patch_embeddings.projection.bias": "mae.patch_embed.proj.bias",
-            "vit.layernorm.weight": "mae.norm.weight",
-            "vit.layernorm.bias": "mae.norm.bias",
-            "decoder.mask_token": "decoder.mask_token",
-            "decoder.decoder_pos_embed": "decoder.pos_embed",
-        }
-        if key in simple:
-            converted[simple[key]] = value
+        if key in _VITMAE_SINGLE:
+            converted[_VITMAE_SINGLE[key]] = value
         elif key.startswith("decoder.decoder_"):
             converted["decoder." + key[len("decoder.decoder_") :]] = value
         else:
@@ -161,18 +163,9 @@ def mae_to_vitmae_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDic
             else:
                 converted[f"{prefix}.{inverse_block[inner]}.{kind}"] = value
             continue
-        simple = {
-            "mae.cls_token": "vit.embeddings.cls_token",
-            "mae.pos_embed": "vit.embeddings.position_embeddings",
-            "mae.patch_embed.proj.weight": "vit.embeddings.patch_embeddings.projection.weight",
-            "mae.patch_embed.proj.bias": "vit.embeddings.patch_embeddings.projection.bias",
-            "mae.norm.weight": "vit.layernorm.weight",
-            "mae.norm.bias": "vit.layernorm.bias",
-            "decoder.mask_token": "decoder.mask_token",
-            "decoder.pos_embed": "decoder.decoder_pos_embed",
-        }
-        if key in simple:
-            converted[simple[key]] = value
+        inverse_single = {ours: theirs for theirs, ours in _VITMAE_SINGLE.items()}
+        if key in inverse_single:
+            converted[inverse_single[key]] = value
         elif key.startswith("decoder."):
             converted["decoder.decoder_" + key[len("decoder.") :]] = value
         else:
