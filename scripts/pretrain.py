@@ -6,7 +6,8 @@
 
 The recipe is the reference's (facebookresearch/mae): AdamW (0.9, 0.95), wd 0.05 without biases/norms, lr =
 blr × effective batch / 256 with per-iteration warm-up and half-cycle cosine, RandomResizedCrop(0.2-1) + flip.
-Reusable parts live in ``mae_hf.training``; this file is the loop, read top to bottom. ``--help`` lists options.
+Reusable parts live in ``mae_hf.training`` (the loop, shared with fine-tuning and linear probing, in
+``mae_hf.training.loop``); this file reads top to bottom. ``--help`` lists options.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Sequence
 
 import torch
@@ -24,15 +24,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 
 from mae_hf import MAEConfig, MAEForPreTraining, MAEModel
+from mae_hf.hub import add_hub_arguments, check_hub_arguments, push_folder_from_args
 from mae_hf.training.args import OptionError, build_pretrain_parser, parse_args_with_recipe, validate_pretrain_args
 from mae_hf.training.card import pretrain_card_data, render_model_card, sample_curve
-from mae_hf.training.checkpoint import (
-    TrainingProgress,
-    load_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
-    should_checkpoint,
-)
+from mae_hf.training.checkpoint import TrainingProgress, load_checkpoint, resolve_checkpoint
 from mae_hf.training.data import (
     build_eval_loader,
     build_eval_transform,
@@ -46,8 +41,17 @@ from mae_hf.training.data import (
     total_training_steps,
 )
 from mae_hf.training.knn import extract_features, knn_top1
-from mae_hf.training.logging import JsonlLogger, StepTimer, postfix, progress_bar, read_jsonl
-from mae_hf.training.optim import lr_at_step, param_groups_weight_decay, scaled_learning_rate, set_learning_rate
+from mae_hf.training.logging import JsonlLogger, read_jsonl
+from mae_hf.training.loop import (
+    LoopSettings,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    add_loop_arguments,
+    check_loop_arguments,
+    maybe_compile,
+    run_training_loop,
+)
+from mae_hf.training.optim import param_groups_weight_decay, scaled_learning_rate
 from mae_hf.training.visualize import log_image_to_trackers, save_reconstruction_grid
 
 CONFIG_FIELDS = {field.name for field in dataclasses.fields(MAEConfig)}
@@ -97,10 +101,14 @@ def labelled_eval_split(args, directory: str | None, split: str, input_size: int
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = build_pretrain_parser()
+    add_loop_arguments(parser)
+    add_hub_arguments(parser)
     args = parse_args_with_recipe(parser, argv)
     try:
         validate_pretrain_args(args)
-    except OptionError as error:
+        check_loop_arguments(args)
+        check_hub_arguments(args)  # before training, not after
+    except (OptionError, ValueError) as error:
         parser.error(str(error))
 
     # --- Accelerate: processes, mixed precision, gradient accumulation, trackers ------------------------------------
@@ -126,9 +134,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"add image_size={input_size} to --model_config_overrides."
         )
     with accelerator.main_process_first():  # the main process builds the datasets cache, the others reuse it
-        loaders, preview = build_pretrain_data(
-            args, input_size, accelerator.num_processes, accelerator.process_index
-        )
+        loaders, preview = build_pretrain_data(args, input_size, accelerator.num_processes, accelerator.process_index)
     batches_per_epoch = None if args.streaming else len(loaders)
     steps_in_epoch = None if args.streaming else steps_per_epoch(batches_per_epoch, args.gradient_accumulation_steps)
     total_steps = total_training_steps(args.num_train_epochs, steps_in_epoch, args.max_train_steps)
@@ -205,98 +211,45 @@ def main(argv: Sequence[str] | None = None) -> dict:
         + (f" ({steps_in_epoch} per epoch)" if steps_in_epoch else "")
     )
 
-    # --- Training loop -------------------------------------------------------------------------------------------
-    model.train()
-    bar = progress_bar(total_steps, progress.global_step, accelerator.is_main_process and not args.disable_tqdm)
-    timer = StepTimer()
-    interval_loss = torch.zeros((), device=accelerator.device)
-    interval_batches = 0
-    last_loss = float("nan")
+    # --- Training loop (shared with fine-tuning and linear probing: mae_hf.training.loop) ---------------------------
+    model = maybe_compile(model, args.torch_compile)
     last_knn = None
-    train_start = time.perf_counter()
-    steps_this_run = 0
-    while progress.global_step < total_steps:
-        loader = loaders.epoch_loader(progress.epoch, skip_batches=progress.batches_into_epoch)
-        timer.restart_clock()
-        end_of_epoch = False
-        for batch in loader:
-            timer.data_ready()
-            pixel_values = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            with accelerator.accumulate(model):
-                # The lr is a function of the global step only (reference: per iteration, at accumulation starts).
-                lr = lr_at_step(
-                    progress.global_step,
-                    schedule_steps_per_epoch,
-                    base_lr,
-                    args.min_lr,
-                    args.warmup_epochs,
-                    total_steps,
-                )
-                set_learning_rate(optimizer, lr)
-                loss = model(pixel_values=pixel_values).loss
-                if not torch.isfinite(loss):
-                    raise RuntimeError(
-                        f"Loss is {loss.item()} at step {progress.global_step}: lower --blr/--learning_rate, use "
-                        "bf16 instead of fp16, or set --clip_grad."
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.clip_grad:
-                    accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            interval_loss += loss.detach().float()
-            interval_batches += 1
-            progress.batches_into_epoch += 1
-            timer.compute_done(pixel_values.shape[0] * accelerator.num_processes)
-            if not accelerator.sync_gradients:
-                continue
 
-            # --- One optimizer step done -----------------------------------------------------------------------
-            progress.global_step += 1
-            steps_this_run += 1
-            timer.steps += 1
-            bar.update(1)
-            end_of_epoch = steps_in_epoch is not None and progress.batches_into_epoch >= steps_in_epoch * (
-                args.gradient_accumulation_steps
-            )
-            if end_of_epoch:
-                progress.epoch += 1
-                progress.batches_into_epoch = 0
-            finished = progress.global_step >= total_steps
-            if progress.global_step % args.logging_steps == 0 or finished:
-                last_loss = accelerator.reduce(interval_loss / max(interval_batches, 1), reduction="mean").item()
-                speed = timer.summary()
-                record = {
-                    "step": progress.global_step,
-                    "epoch": progress.global_step / schedule_steps_per_epoch,
-                    "loss": last_loss,
-                    "lr": lr,
-                    **speed,
-                }
-                jsonl.log(record)
-                accelerator.log(
-                    {"train/loss": last_loss, "train/lr": lr, **{f"perf/{k}": v for k, v in speed.items()}},
-                    step=progress.global_step,
-                )
-                bar.set_postfix(postfix(last_loss, lr, speed["images_per_sec"]))
-                interval_loss.zero_()
-                interval_batches = 0
-                timer.reset()
-            if can_monitor and args.visualize_every and progress.global_step % args.visualize_every == 0:
-                visualize(progress.global_step)
-            if knn_loaders is not None and progress.global_step % args.knn_every == 0:
-                last_knn = monitor_knn(progress.global_step)
-            if should_checkpoint(args.checkpointing_steps, progress.global_step, end_of_epoch):
-                save_checkpoint(accelerator, args.output_dir, progress, args.checkpoints_total_limit)
-            timer.restart_clock()
-            if finished or end_of_epoch:
-                break
-        else:  # the loader ran out (a stream, or a partial accumulation cycle): next epoch
-            if not end_of_epoch:
-                progress.epoch += 1
-                progress.batches_into_epoch = 0
-    bar.close()
-    train_runtime = time.perf_counter() - train_start
+    def after_step(step: int, end_of_epoch: bool) -> None:
+        nonlocal last_knn
+        if can_monitor and args.visualize_every and step % args.visualize_every == 0:
+            visualize(step)
+        if knn_loaders is not None and step % args.knn_every == 0:
+            last_knn = monitor_knn(step)
+
+    settings = LoopSettings(
+        output_dir=args.output_dir,
+        total_steps=total_steps,
+        schedule_steps_per_epoch=schedule_steps_per_epoch,
+        steps_in_epoch=steps_in_epoch,
+        base_lr=base_lr,
+        min_lr=args.min_lr,
+        warmup_epochs=args.warmup_epochs,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        clip_grad=args.clip_grad,
+        logging_steps=args.logging_steps,
+        checkpointing_steps=args.checkpointing_steps,
+        checkpoints_total_limit=args.checkpoints_total_limit,
+        max_nonfinite_steps=args.max_nonfinite_steps,
+        disable_tqdm=args.disable_tqdm,
+    )
+    loop = run_training_loop(
+        accelerator,
+        model,
+        optimizer,
+        lambda epoch, skip: loaders.epoch_loader(epoch, skip_batches=skip),
+        lambda batch: model(pixel_values=batch["pixel_values"]).loss,
+        progress,
+        settings,
+        jsonl,
+        after_step,
+    )
+    last_loss, steps_this_run, train_runtime = loop.last_loss, loop.steps_this_run, loop.train_runtime_s
 
     # --- Outputs: model folder (config, weights, code, processor), grid, kNN, results, model card -----------------
     accelerator.wait_for_everyone()
@@ -322,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "learning_rate": base_lr,
         "num_processes": accelerator.num_processes,
         "knn_top1": last_knn,
+        "nonfinite_steps_skipped": loop.nonfinite_steps,
         "num_parameters": sum(p.numel() for p in unwrapped.parameters()),
     }
     if accelerator.is_main_process:
@@ -332,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             json.dump(results, handle, indent=2)
         write_model_card(args, unwrapped.config, results, log_path, effective_batch, total_steps, accelerator)
         accelerator.print(f"Model, log.jsonl, reconstruction.png and TensorBoard runs/ written to {args.output_dir}")
+        push_folder_from_args(args, args.output_dir)
     accelerator.end_training()
     return results
 
@@ -407,3 +362,6 @@ if __name__ == "__main__":
     except OptionError as error:  # one clear line instead of a traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except (NonFiniteLossError, TrainingInterrupted) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(130 if isinstance(error, TrainingInterrupted) else 1)

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import evaluate  # noqa: F401 - the 🤗 library, cached in sys.modules before any test puts scripts/ on sys.path
 import numpy as np
 import pytest
 from PIL import Image
@@ -103,3 +104,28 @@ def tiny_pretrain_argv(image_folder: Path, output_dir: Path, cache_dir: Path, *e
         "--disable_tqdm",
         *extra,
     ]
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (``main(argv)`` in-process), with Accelerate's singletons reset."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    spec = importlib.util.spec_from_file_location(f"mae_{name}_script", REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_mae_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny pre-training folder (32 px, patch 8, width 32, depth 2) as written by pretrain.py."""
+    import torch
+
+    from mae_hf import MAEConfig, MAEForPreTraining
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_mae")
+    MAEForPreTraining(MAEConfig.from_preset("mae-vit-tiny-test", norm_pix_loss=True)).save_pretrained(folder)
+    return folder

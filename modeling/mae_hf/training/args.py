@@ -119,6 +119,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         help="DataLoader worker processes (0 = load in the main process; bit-exact resume needs 0).",
     )
     group.add_argument("--input_size", type=int, default=None, help="Crop size; default: the model's image_size.")
+    group.add_argument(
+        "--strict_data",
+        action="store_true",
+        help="Stop on the first unreadable image (naming the file) instead of skipping and counting such files.",
+    )
 
 
 def add_optimization_args(parser: argparse.ArgumentParser, blr: float, betas: tuple[float, float]) -> None:
@@ -367,6 +372,13 @@ def validate_pretrain_args(args: argparse.Namespace) -> None:
         raise OptionError(f"--weight_decay must be >= 0, got {args.weight_decay}.")
     if args.clip_grad is not None and args.clip_grad <= 0:
         raise OptionError(f"--clip_grad must be positive when given, got {args.clip_grad}.")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise OptionError(f"--{name} must be in [0, 1), got {getattr(args, name)}.")
+    if args.knn_temperature <= 0:
+        raise OptionError(f"--knn_temperature must be positive, got {args.knn_temperature}.")
+    if args.knn_max_train_samples <= 0:
+        raise OptionError(f"--knn_max_train_samples must be positive, got {args.knn_max_train_samples}.")
     if args.mask_ratio is not None and not 0.0 <= args.mask_ratio < 1.0:
         raise OptionError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}; the reference uses 0.75.")
     # argparse checks ``choices`` on the command line only; recipe values arrive as defaults and are checked here.
@@ -391,6 +403,79 @@ def validate_pretrain_args(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise OptionError("--mixed_precision fp16 needs a CUDA GPU (on CPU it would silently run fp32); use bf16.")
+    validate_paths(args)
+    validate_model_args(args)
+
+
+def validate_paths(args: argparse.Namespace) -> None:
+    """Files and folders named by the options exist and are of the right kind (cheap checks, nothing loaded)."""
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise OptionError(f"--output_dir: {args.output_dir!r} is a file; pass a folder (created if missing).")
+    if args.dataset_name and _looks_local(args.dataset_name) and not os.path.exists(args.dataset_name):
+        raise OptionError(f"--dataset_name: {args.dataset_name!r} does not exist; pass a Hub dataset id or a path.")
+    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
+        state_file = os.path.join(args.resume_from_checkpoint, "training_state.json")  # checkpoint.STATE_FILE
+        if not os.path.isfile(state_file):
+            raise OptionError(
+                f"--resume_from_checkpoint: {args.resume_from_checkpoint!r} has no training_state.json (not a "
+                "complete checkpoint); pass a checkpoint_<step> folder under OUTPUT_DIR/checkpoints or 'latest'."
+            )
+
+
+def _looks_local(name: str) -> bool:
+    """A filesystem path rather than a Hub id ('org/name')."""
+    return os.path.isabs(name) or name.startswith(("./", "../", "~")) or name.count("/") > 1
+
+
+def validate_model_args(args: argparse.Namespace, config_class: type | None = None) -> None:
+    """The model options agree before anything is built: known ``--model_config_overrides`` fields, an
+    ``--input_size`` equal to the model's image size and divisible by its patch size, and a
+    ``--model_name_or_path`` folder that holds a model of this architecture (``config.json`` model_type)."""
+    import dataclasses
+    import json
+
+    from ..configuration_mae_hf import MAEConfig
+
+    config_class = config_class or MAEConfig
+    overrides = dict(args.model_config_overrides or {})
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise OptionError(
+            f"--model_config_overrides: unknown {config_class.__name__} field(s) {unknown}; see config.json keys."
+        )
+    if args.input_size is not None and args.input_size <= 0:
+        raise OptionError(f"--input_size must be a positive integer, got {args.input_size}.")
+    source = args.model_name_or_path
+    if source:
+        if _looks_local(source) or os.path.exists(source):
+            config_path = os.path.join(source, "config.json")
+            if not os.path.isfile(config_path):
+                raise OptionError(
+                    f"--model_name_or_path: {source!r} has no config.json; pass a folder saved by this project "
+                    "(save_pretrained) or a Hub id."
+                )
+            with open(config_path, encoding="utf-8") as handle:
+                model_type = json.load(handle).get("model_type")
+            if model_type != config_class.model_type:
+                raise OptionError(
+                    f"--model_name_or_path: {source!r} holds a {model_type!r} model, not {config_class.model_type!r};"
+                    " convert it first with scripts/convert_checkpoint.py."
+                )
+        return  # image and patch sizes of a saved model are checked after it is loaded
+    preset = {**MAE_PRESETS.get(args.model_preset, {}), **overrides}
+    image_size = preset.get("image_size", 224)
+    patch_size = preset.get("patch_size", 16)
+    if not isinstance(patch_size, int) or patch_size <= 0 or image_size % patch_size:
+        raise OptionError(
+            f"--model_config_overrides: image_size {image_size} is not divisible by patch_size {patch_size}."
+        )
+    if args.input_size is not None and args.input_size != image_size:
+        hint = "divisible by" if args.input_size % patch_size else "equal to"
+        raise OptionError(
+            f"--input_size {args.input_size} must equal the model's image_size {image_size} ({hint} patch size "
+            f"{patch_size}); add image_size={args.input_size} to --model_config_overrides."
+        )
 
 
 __all__ = [
@@ -405,5 +490,7 @@ __all__ = [
     "load_recipe",
     "parse_args_with_recipe",
     "parse_overrides",
+    "validate_model_args",
+    "validate_paths",
     "validate_pretrain_args",
 ]

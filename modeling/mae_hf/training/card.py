@@ -6,7 +6,7 @@ import os
 import warnings
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 DEFAULT_TEMPLATES_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "model_cards")
 
@@ -60,4 +60,45 @@ def pretrain_card_data(dataset_name: str | None = None, tags: list[str] | None =
     )
 
 
-__all__ = ["find_template", "pretrain_card_data", "render_model_card", "sample_curve"]
+def classifier_card_data(
+    model_name: str,
+    dataset_name: str | None = None,
+    base_model: str | None = None,
+    top1: float | None = None,
+    top5: float | None = None,
+    dataset_label: str = "images",
+    license: str = "cc-by-nc-4.0",
+    tags: list[str] | None = None,
+) -> ModelCardData:
+    """Metadata of a fine-tuned / linear-probed classifier; with top-1 / top-5 it gets ``eval_results`` and hence a
+    ``model-index``. The licence defaults to the reference weights' CC-BY-NC 4.0. ``base_model`` is only kept when
+    it looks like a Hub id (a local path is not valid metadata)."""
+    eval_results = None
+    if top1 is not None:
+        dataset_type = dataset_name or dataset_label
+        eval_results = [
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=dataset_type,
+                dataset_name=dataset_name or dataset_label,
+                metric_type="accuracy",
+                metric_name=f"top-{k}",
+                metric_value=value,
+            )
+            for k, value in ((1, top1), (5, top5))
+            if value is not None
+        ]
+    hub_like = base_model is not None and base_model.count("/") == 1 and not os.path.exists(base_model)
+    return ModelCardData(
+        license=license,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["mae", "vision", "image-classification", "mae_hf", *(tags or [])],
+        datasets=[dataset_name] if dataset_name else None,
+        base_model=base_model if hub_like else None,
+        model_name=model_name,
+        eval_results=eval_results,
+    )
+
+
+__all__ = ["classifier_card_data", "find_template", "pretrain_card_data", "render_model_card", "sample_curve"]

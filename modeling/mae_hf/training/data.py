@@ -1,11 +1,22 @@
 """Images through 🤗 datasets: loading (image folders, Hub/local datasets, streaming), RGB conversion, the
-reference's torchvision v2 transforms, and data loaders whose order depends only on (seed, epoch)."""
+reference's torchvision v2 transforms, and data loaders whose order depends only on (seed, epoch).
+
+Unreadable images (truncated or corrupt files, zero bytes, non-images, decompression bombs) never stop a run by
+default: images are decoded here rather than by ``datasets`` (the column is cast to ``Image(decode=False)``), a file
+that fails is dropped from its batch and remembered, and the training loaders log one warning per epoch listing the
+newly skipped files (``EpochDataLoaders.unreadable_summary()`` gives the totals for the run log). With
+``strict=True`` (``--strict_data``) the first unreadable file stops the run with ``UnreadableImageError`` naming it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import io
+import logging
 import math
-from collections.abc import Callable, Iterator
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -19,6 +30,15 @@ from torchvision.transforms import v2
 
 from ..modeling_mae_hf import IMAGENET_MEAN, IMAGENET_STD
 from .args import OptionError
+from .checkpoint import TEST_KILL_ENV, kill_point
+
+logger = logging.getLogger(__name__)
+SKIPPED_KEY = "skipped_images"  # batch entry carrying the skipped files from (worker) collate to the main process
+
+
+class UnreadableImageError(OptionError):
+    """An image file cannot be decoded (raised on the first one with ``--strict_data``, or when a whole batch is)."""
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
@@ -56,6 +76,10 @@ def load_image_datasets(
     splits = {"train": loaded[train_split]}
     if validation_split in loaded:
         splits["validation"] = loaded[validation_split]
+    elif validation_split != "validation":  # a split asked for by name must exist; the default may be missing
+        raise OptionError(
+            f"--validation_split {validation_split!r} not in {dataset_name}; available: {sorted(loaded.keys())}."
+        )
     return splits
 
 
@@ -95,6 +119,37 @@ def detect_label_column(dataset: Dataset | IterableDataset, label_column_name: s
 # ---------------------------------------------------------------------------------------------------------------
 # Images and transforms
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def decode_image(value: Any) -> Image.Image:
+    """A fully decoded PIL image from a ``datasets`` image value (``{"bytes", "path"}``, a PIL image, or a path).
+
+    Raises on anything unreadable. Truncated files are errors (PIL's ``LOAD_TRUNCATED_IMAGES`` stays False, so
+    they do not load half grey) and so are decompression bombs, above ``Image.MAX_IMAGE_PIXELS`` (PIL's
+    ``DecompressionBombWarning`` is raised as an error here, ``DecompressionBombError`` beyond twice the limit)."""
+    if isinstance(value, Image.Image):
+        value.load()
+        return value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if isinstance(value, str | os.PathLike):
+            value = {"path": os.fspath(value), "bytes": None}
+        data, path = value.get("bytes"), value.get("path")
+        if data is None and not (path and os.path.isfile(path)):
+            # Remote files (hf://, http) go through datasets' own opener (authentication, streaming); decoded below.
+            image = ImageFeature().decode_example(value)
+        else:
+            image = Image.open(io.BytesIO(data) if data is not None else path)
+        image.load()
+        return image
+
+
+def _image_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("path") or "<image bytes>"
+    if isinstance(value, str | os.PathLike):
+        return os.fspath(value)
+    return getattr(value, "filename", None) or "<image>"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -150,13 +205,37 @@ def build_eval_transform(input_size: int) -> v2.Compose:
 
 
 def make_example_transform(
-    image_transform: Callable[[Image.Image], torch.Tensor], image_column: str, label_column: str | None = None
+    image_transform: Callable[[Image.Image], torch.Tensor],
+    image_column: str,
+    label_column: str | None = None,
+    strict: bool = False,
 ) -> Callable[[dict[str, list[Any]]], dict[str, Any]]:
-    """A batched ``with_transform`` function: images → ``pixel_values`` (RGB first), labels → ``labels``;
-    every other column is dropped (pre-training ignores labels by passing ``label_column=None``)."""
+    """A batched ``with_transform`` function: images → ``pixel_values`` (decoded, RGB first), labels → ``labels``;
+    every other column is dropped (pre-training ignores labels by passing ``label_column=None``).
+
+    An unreadable image gives ``pixel_values`` None and its file and reason in ``image_error`` (``collate_images``
+    drops the row), or, with ``strict``, raises ``UnreadableImageError`` naming the file."""
 
     def transform(examples: dict[str, list[Any]]) -> dict[str, Any]:
-        out = {"pixel_values": [image_transform(to_rgb(image)) for image in examples[image_column]]}
+        pixel_values: list[torch.Tensor | None] = []
+        errors: list[str | None] = []
+        for value in examples[image_column]:
+            try:
+                image = decode_image(value)
+            except Exception as error:  # PIL plugins raise many types (OSError, ValueError, SyntaxError, ...)
+                message = str(error).splitlines()[0] if str(error) else ""
+                reason = f"{_image_name(value)} ({type(error).__name__}: {message})"
+                if strict:
+                    raise UnreadableImageError(
+                        f"--strict_data: cannot read image {reason}; remove or fix the file, or drop --strict_data "
+                        "to skip unreadable images."
+                    ) from None
+                pixel_values.append(None)
+                errors.append(reason)
+                continue
+            pixel_values.append(image_transform(to_rgb(image)))
+            errors.append(None)
+        out: dict[str, Any] = {"pixel_values": pixel_values, "image_error": errors}
         if label_column is not None:
             out["labels"] = list(examples[label_column])
         return out
@@ -177,11 +256,78 @@ class TransformingCollate:
         return collate_images(rows)
 
 
-def collate_images(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
-    if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([int(example["labels"]) for example in examples])
+def collate_images(examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the readable examples; unreadable ones (``pixel_values`` None) are dropped and listed under
+    ``skipped_images`` (removed again by the loaders below, which report them). A batch with no readable image
+    raises ``UnreadableImageError``: the data is broken rather than a few files."""
+    readable = [example for example in examples if example["pixel_values"] is not None]
+    skipped = [example.get("image_error") or "<image>" for example in examples if example["pixel_values"] is None]
+    if not readable:
+        raise UnreadableImageError(
+            f"every image of a batch of {len(examples)} is unreadable, e.g. {skipped[0]}; check the data files."
+        )
+    batch: dict[str, Any] = {"pixel_values": torch.stack([example["pixel_values"] for example in readable])}
+    if "labels" in readable[0]:
+        batch["labels"] = torch.tensor([int(example["labels"]) for example in readable])
+    if skipped:
+        batch[SKIPPED_KEY] = skipped
     return batch
+
+
+class UnreadableImages:
+    """The unreadable files met by this process's loaders (each file once), with one warning per pass."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, None] = {}  # insertion-ordered set of "path (reason)"
+
+    def record(self, skipped: Iterable[str]) -> list[str]:
+        new = [item for item in skipped if item not in self.files]
+        self.files.update(dict.fromkeys(new))
+        return new
+
+    def warn(self, new: list[str], where: str) -> None:
+        if new:
+            logger.warning(
+                "Skipped %d unreadable image(s) in %s (use --strict_data to stop on the first instead): %s",
+                len(new),
+                where,
+                "; ".join(new),
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """For the run log: ``{"unreadable_images": count, "unreadable_files": ["path (reason)", ...]}``."""
+        return {"unreadable_images": len(self.files), "unreadable_files": list(self.files)}
+
+
+class ReportingLoader:
+    """Wraps a loader: removes ``skipped_images`` from each batch, records them in ``registry`` and warns once at
+    the end of each pass (also when the caller stops early). The fault-injection hook of the tests
+    (``$MAE_HF_TEST_KILL_AT=batch:N``, N counted per process) fires before the N-th batch is handed out."""
+
+    batches_handed_out = 0  # per process, for the fault-injection hook only
+
+    def __init__(
+        self, loader: Iterable[dict[str, Any]], registry: UnreadableImages, where: str, count_batches: bool = False
+    ) -> None:
+        self.loader = loader
+        self.registry = registry
+        self.where = where
+        self.count_batches = count_batches and bool(os.environ.get(TEST_KILL_ENV))
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        new: list[str] = []
+        try:
+            for batch in self.loader:
+                new += self.registry.record(batch.pop(SKIPPED_KEY, ()))
+                if self.count_batches:
+                    ReportingLoader.batches_handed_out += 1
+                    kill_point(f"batch:{ReportingLoader.batches_handed_out}")
+                yield batch
+        finally:  # runs at exhaustion and when the consuming for-loop breaks (the generator is closed)
+            self.registry.warn(new, self.where)
 
 
 def prepare_split(
@@ -190,15 +336,18 @@ def prepare_split(
     image_column: str,
     label_column: str | None = None,
     max_samples: int | None = None,
+    strict: bool = False,
 ) -> Dataset | IterableDataset:
-    """Limit to ``max_samples`` and attach the transform lazily (applied when an example is read)."""
+    """Limit to ``max_samples`` and attach the transform lazily (applied when an example is read). Images are
+    decoded by the transform (``Image(decode=False)``), so an unreadable file is skipped or, ``strict``, reported."""
     if max_samples is not None:
         dataset = (
             dataset.take(max_samples)
             if isinstance(dataset, IterableDataset)
             else dataset.select(range(min(max_samples, len(dataset))))
         )
-    transform = make_example_transform(image_transform, image_column, label_column)
+    dataset = undecoded(dataset, image_column)
+    transform = make_example_transform(image_transform, image_column, label_column, strict)
     if isinstance(dataset, IterableDataset):
         # Streams are transformed in the loader's collate function (see ``TransformingCollate``), per batch.
         keep = [image_column] + ([label_column] if label_column else [])
@@ -206,6 +355,15 @@ def prepare_split(
             dataset = dataset.remove_columns([c for c in dataset.features if c not in keep])
         return dataset
     return dataset.with_transform(transform)
+
+
+def undecoded(dataset: Dataset | IterableDataset, image_column: str) -> Dataset | IterableDataset:
+    """The dataset with its image column as ``Image(decode=False)`` (``{"bytes", "path"}``), so that decoding, and
+    its failures, happen in ``make_example_transform`` instead of inside ``datasets``."""
+    feature = (dataset.features or {}).get(image_column)
+    if isinstance(feature, ImageFeature) and feature.decode:
+        return dataset.cast_column(image_column, ImageFeature(decode=False))
+    return dataset
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,6 +400,7 @@ class EpochDataLoaders:
         self.num_processes = num_processes
         self.process_index = process_index
         self.streaming = isinstance(dataset, IterableDataset)
+        self.unreadable = UnreadableImages()
         if self.streaming:
             dataset = split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
             if shuffle:
@@ -254,7 +413,15 @@ class EpochDataLoaders:
             raise TypeError("A streamed dataset has no length; count optimizer steps with --max_train_steps.")
         return len(self.dataset) // self.num_processes // self.batch_size
 
-    def epoch_loader(self, epoch: int, skip_batches: int = 0) -> DataLoader | Iterator:
+    def unreadable_summary(self) -> dict[str, Any]:
+        """Unreadable training images skipped so far by this process (for the run log)."""
+        return self.unreadable.summary()
+
+    def epoch_loader(self, epoch: int, skip_batches: int = 0) -> ReportingLoader:
+        loader = self._epoch_loader(epoch, skip_batches)
+        return ReportingLoader(loader, self.unreadable, f"training epoch {epoch}", count_batches=True)
+
+    def _epoch_loader(self, epoch: int, skip_batches: int = 0) -> DataLoader | Iterator:
         generator = torch.Generator().manual_seed(self.seed + epoch)
         if self.streaming:
             self.dataset.set_epoch(epoch)
@@ -296,9 +463,15 @@ class EpochDataLoaders:
         return loader
 
 
-def build_eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+EVAL_UNREADABLE = UnreadableImages()  # unreadable images met by evaluation loaders of this process
+
+
+def build_eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> ReportingLoader:
     """Sequential, not sharded: used on the main process for reconstructions and the kNN monitor."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_images, num_workers=num_workers)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_images, num_workers=num_workers
+    )
+    return ReportingLoader(loader, EVAL_UNREADABLE, "evaluation data")
 
 
 def steps_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:
@@ -328,11 +501,12 @@ def build_pretrain_data(
         cache_dir=args.cache_dir,
     )
     image_column = detect_image_column(splits["train"], args.image_column_name)
+    strict = bool(getattr(args, "strict_data", False))
     train_transform = build_pretrain_transform(input_size)
-    train = prepare_split(splits["train"], train_transform, image_column, None, args.max_train_samples)
+    train = prepare_split(splits["train"], train_transform, image_column, None, args.max_train_samples, strict)
     collate_fn = collate_images
     if args.streaming:
-        collate_fn = TransformingCollate(make_example_transform(train_transform, image_column))
+        collate_fn = TransformingCollate(make_example_transform(train_transform, image_column, None, strict))
     elif len(train) == 0:
         raise OptionError("The training data is empty; check --train_dir / --dataset_name / --train_split.")
     loaders = EpochDataLoaders(
@@ -347,16 +521,32 @@ def build_pretrain_data(
     )
     # Fixed images for reconstruction grids: the validation split, else the training images (eval transform).
     raw = splits.get("validation", splits["train"])
-    if isinstance(raw, IterableDataset):  # a stream: materialise its first images
+    preview_column = detect_image_column(raw, args.image_column_name)
+    if isinstance(raw, IterableDataset):  # a stream: materialise its first images (undecoded: no decoding error here)
+        raw = undecoded(raw, preview_column)
         raw = Dataset.from_list(list(raw.take(args.max_eval_samples or 256)), features=raw.features)
-    preview = prepare_split(
-        raw,
-        build_eval_transform(input_size),
-        detect_image_column(raw, args.image_column_name),
-        None,
-        args.max_eval_samples,
-    )
-    return loaders, preview
+    preview = prepare_split(raw, build_eval_transform(input_size), preview_column, None, args.max_eval_samples, strict)
+    return loaders, readable_preview(preview, args.num_visualize_images)
+
+
+def readable_preview(preview: Dataset, count: int) -> Dataset:
+    """The reconstruction grid indexes ``count`` evenly spaced images of ``preview``: when one of them is
+    unreadable, return just ``count`` readable images near those positions (the grid then shows all of them);
+    otherwise ``preview`` itself, unchanged. Only these few images are decoded."""
+    total = len(preview)
+    count = min(count, total)
+    if count <= 0:
+        return preview
+    picks = sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})
+    if all(preview[i]["pixel_values"] is not None for i in picks):
+        return preview
+    chosen: list[int] = []
+    for start in picks:
+        for index in range(start, total):
+            if index not in chosen and preview[index]["pixel_values"] is not None:
+                chosen.append(index)
+                break
+    return preview.select(sorted(chosen))
 
 
 def streaming_steps_per_epoch(
@@ -382,20 +572,27 @@ def total_training_steps(num_train_epochs: float, steps_in_epoch: int | None, ma
 
 
 __all__ = [
+    "EVAL_UNREADABLE",
     "EpochDataLoaders",
+    "ReportingLoader",
+    "UnreadableImageError",
+    "UnreadableImages",
     "TransformingCollate",
     "build_eval_loader",
     "build_eval_transform",
     "build_pretrain_data",
     "build_pretrain_transform",
     "collate_images",
+    "decode_image",
     "detect_image_column",
     "detect_label_column",
     "load_image_datasets",
     "make_example_transform",
     "prepare_split",
+    "readable_preview",
     "steps_per_epoch",
     "streaming_steps_per_epoch",
     "to_rgb",
     "total_training_steps",
+    "undecoded",
 ]

@@ -32,6 +32,51 @@ def param_groups_weight_decay(
     ]
 
 
+def layer_id_for_vit(name: str, num_layers: int) -> int:
+    """The reference's ``get_layer_id_for_vit`` (BEiT): cls_token / pos_embed / patch_embed → 0, ``blocks.i`` →
+    i + 1, everything else (fc_norm, norm, head) → ``num_layers`` (= depth + 1). The ``mae.`` prefix of this
+    project's classifier is ignored."""
+    name = name.removeprefix("mae.")
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers
+
+
+def param_groups_layer_decay(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float,
+    num_hidden_layers: int,
+    no_weight_decay_names: Iterable[str] = ("pos_embed", "cls_token"),
+) -> list[dict]:
+    """The reference's ``param_groups_lrd``: one group per (layer id, decay / no decay), named
+    ``layer_{id}_{decay|no_decay}``, with ``lr_scale = layer_decay ** (num_layers - id)`` where num_layers =
+    depth + 1 (so the head has scale 1). No weight decay for 1-D parameters (biases, norms) and for
+    ``no_weight_decay_names`` (last name component); frozen parameters are left out."""
+    num_layers = num_hidden_layers + 1
+    skip = set(no_weight_decay_names)
+    groups: dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim == 1 or name.rsplit(".", 1)[-1] in skip or name.removeprefix("mae.") in skip
+        layer_id = layer_id_for_vit(name, num_layers)
+        group_name = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}"
+        if group_name not in groups:
+            groups[group_name] = {
+                "name": group_name,
+                "lr_scale": layer_decay ** (num_layers - layer_id),
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "params": [],
+                "param_names": [],
+            }
+        groups[group_name]["params"].append(param)
+        groups[group_name]["param_names"].append(name)
+    return list(groups.values())
+
+
 def scaled_learning_rate(blr: float, effective_batch_size: int, learning_rate: float | None = None) -> float:
     """``learning_rate`` if given, else the reference's linear scaling ``blr × effective batch / 256``."""
     return learning_rate if learning_rate is not None else blr * effective_batch_size / 256
@@ -62,7 +107,9 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 __all__ = [
     "cosine_lr_at",
+    "layer_id_for_vit",
     "lr_at_step",
+    "param_groups_layer_decay",
     "param_groups_weight_decay",
     "scaled_learning_rate",
     "set_learning_rate",
