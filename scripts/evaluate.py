@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator
 
 from mae_hf import MAEForImageClassification, MAEModel
+from mae_hf.cli import OptionParser
 from mae_hf.training.args import OptionError
 from mae_hf.training.classification import build_sharded_eval_loader, class_names, evaluate_classifier
 from mae_hf.training.data import (
@@ -37,7 +38,7 @@ from mae_hf.training.knn import extract_features, knn_top1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OptionParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", required=True, help="Classifier (or, with --knn, any MAE) folder/id.")
     parser.add_argument("--data_dir", default=None, help="Image folder (class sub-folders) to evaluate on.")
     parser.add_argument("--dataset_name", default=None, help="A 🤗 datasets name or local dataset instead.")

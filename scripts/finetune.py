@@ -32,7 +32,7 @@ from mae_hf.training.classification import (
 )
 from mae_hf.training.classifier_training import ClassifierTask, run_classifier_training
 from mae_hf.training.loop import NonFiniteLossError, TrainingInterrupted, add_loop_arguments, check_loop_arguments
-from mae_hf.training.optim import param_groups_layer_decay
+from mae_hf.training.optim import build_adamw, param_groups_layer_decay
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
@@ -47,7 +47,7 @@ def config_overrides(args: argparse.Namespace) -> dict:
 def build_optimizer(model: MAEForImageClassification, args: argparse.Namespace, lr: float) -> torch.optim.Optimizer:
     """AdamW over the reference's layer-decay groups (lr_scale = layer_decay ** (depth + 1 - layer id))."""
     groups = param_groups_layer_decay(model, args.weight_decay, args.layer_decay, model.config.num_hidden_layers)
-    return torch.optim.AdamW(groups, lr=lr, betas=(args.adam_beta1, args.adam_beta2))
+    return build_adamw(groups, lr=lr, betas=(args.adam_beta1, args.adam_beta2), fused=args.fused_adamw)
 
 
 def loss_function(args: argparse.Namespace, num_labels: int):

@@ -47,11 +47,12 @@ from mae_hf.training.loop import (
     NonFiniteLossError,
     TrainingInterrupted,
     add_loop_arguments,
+    apply_precision_flags,
     check_loop_arguments,
     maybe_compile,
     run_training_loop,
 )
-from mae_hf.training.optim import param_groups_weight_decay, scaled_learning_rate
+from mae_hf.training.optim import build_adamw, param_groups_weight_decay, scaled_learning_rate
 from mae_hf.training.visualize import log_image_to_trackers, save_reconstruction_grid
 
 CONFIG_FIELDS = {field.name for field in dataclasses.fields(MAEConfig)}
@@ -146,8 +147,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     base_lr = scaled_learning_rate(args.blr, effective_batch, args.learning_rate)
 
     # --- Optimiser: AdamW over the reference's weight-decay groups (frozen pos embeds are left out) -------------------
-    optimizer = torch.optim.AdamW(
-        param_groups_weight_decay(model, args.weight_decay), lr=base_lr, betas=(args.adam_beta1, args.adam_beta2)
+    optimizer = build_adamw(
+        param_groups_weight_decay(model, args.weight_decay),
+        lr=base_lr,
+        betas=(args.adam_beta1, args.adam_beta2),
+        fused=args.fused_adamw,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -212,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
 
     # --- Training loop (shared with fine-tuning and linear probing: mae_hf.training.loop) ---------------------------
+    apply_precision_flags(args)
     model = maybe_compile(model, args.torch_compile)
     last_knn = None
 

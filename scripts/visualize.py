@@ -15,12 +15,13 @@ from PIL import Image
 from transformers import AutoModelForPreTraining
 
 import mae_hf  # noqa: F401  (registers the Auto classes)
+from mae_hf.cli import OptionParser
 from mae_hf.training.data import build_eval_transform, to_rgb
 from mae_hf.training.visualize import save_reconstruction_grid
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OptionParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="Folder (or Hub id) of an MAE pre-training model (with its decoder).")
     parser.add_argument("images", nargs="+", help="Image files (any PIL mode: converted to RGB).")
     parser.add_argument("--output", default="reconstruction.png", help="PNG file to write.")

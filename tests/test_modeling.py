@@ -549,3 +549,15 @@ def test_pipeline_on_a_saved_classifier_returns_its_label_names(tmp_path):
     assert len(classify(Image.new("L", (20, 20)), top_k=10)) == 4
     features = pipeline("image-feature-extraction", model=str(tmp_path))(Image.new("RGB", (32, 32)))
     assert np.asarray(features).shape[-2:] == (17, 32)
+
+
+def test_head_init_follows_the_head_kind_after_reload(tmp_path):
+    """A saved config must not carry one head kind's init to the other (2e-5 fine-tune, 0.01 linear probe)."""
+    MAEForImageClassification(tiny_config(num_labels=50)).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text()).get("head_init_std") is None
+    probe = MAEForImageClassification.from_pretrained(
+        tmp_path, linear_probe=True, global_pool=False, num_labels=60, ignore_mismatched_sizes=True
+    )
+    assert 0.005 < probe.head[1].weight.std() < 0.015
+    explicit = MAEForImageClassification(tiny_config(num_labels=50, head_init_std=0.1))
+    assert 0.05 < explicit.head.weight.std() < 0.15

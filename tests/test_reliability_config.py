@@ -90,7 +90,7 @@ def test_pretrain_bad_option_gives_one_line_naming_it(
     error_lines = [line for line in stderr.splitlines() if "error:" in line]
     assert code == 2, stderr[-2000:]
     assert len(error_lines) == 1 and option in error_lines[0], stderr[-2000:]
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr and "usage:" not in stderr
     assert not (output / "model.safetensors").exists()
 
 
@@ -105,4 +105,4 @@ def test_other_scripts_bad_arguments_give_one_line(script: str, argv: list[str],
     code, stderr = run_script(script, [str(tmp_path / "out") if item == "OUT" else item for item in argv])
     error_lines = [line for line in stderr.splitlines() if "error:" in line]
     assert code == 2 and len(error_lines) == 1 and name in error_lines[0], stderr[-2000:]
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr and "usage:" not in stderr

@@ -94,8 +94,6 @@ class MAEConfig(PreTrainedConfig):
             self.intermediate_size = int(self.hidden_size * self.mlp_ratio)
         if self.decoder_intermediate_size is None:
             self.decoder_intermediate_size = int(self.decoder_hidden_size * self.mlp_ratio)
-        if self.head_init_std is None:
-            self.head_init_std = 0.01 if self.linear_probe else 2e-5
         super().__post_init__(**kwargs)
         self.check_values()
 
@@ -105,6 +103,14 @@ class MAEConfig(PreTrainedConfig):
         if name not in MAE_PRESETS:
             raise ValueError(f"Unknown MAE preset {name!r}; choose one of {sorted(MAE_PRESETS)}.")
         return cls(**{**MAE_PRESETS[name], **overrides})
+
+    @property
+    def classifier_init_std(self) -> float:
+        """``head_init_std``, else the reference's value for the head kind: 0.01 for a linear probe, 2e-5 for
+        fine-tuning (resolved when used, so a saved config does not carry one kind's value to the other)."""
+        if self.head_init_std is not None:
+            return self.head_init_std
+        return 0.01 if self.linear_probe else 2e-5
 
     @property
     def num_patches(self) -> int:
@@ -161,7 +167,7 @@ class MAEConfig(PreTrainedConfig):
                 raise ValueError(f"MAEConfig.{name} must be in [0, 1), got {value!r}.")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"MAEConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
-        if self.head_init_std < 0 or self.initializer_range < 0:
+        if (self.head_init_std is not None and self.head_init_std < 0) or self.initializer_range < 0:
             raise ValueError("MAEConfig.head_init_std and initializer_range must be non-negative.")
 
 

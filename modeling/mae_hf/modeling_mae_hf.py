@@ -287,7 +287,7 @@ class MAEMLP(nn.Module):
 
 
 class MAEClassifierLinear(nn.Linear):
-    """The classifier's linear layer; its own class so that init gives it trunc-normal(``head_init_std``)."""
+    """The classifier's linear layer; its own class so that init gives it trunc-normal(``classifier_init_std``)."""
 
 
 class MAEBlock(GradientCheckpointingLayer):
@@ -358,7 +358,7 @@ class MAEPreTrainedModel(PreTrainedModel):
         PyTorch's default), LayerNorm 1/0, fixed sin-cos position tables, normal(0.02) cls/mask tokens."""
         std = self.config.initializer_range
         if isinstance(module, MAEClassifierLinear):
-            init.trunc_normal_(module.weight, std=self.config.head_init_std)
+            init.trunc_normal_(module.weight, std=self.config.classifier_init_std)
             init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
             init.xavier_uniform_(module.weight)

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ..cli import OptionParser
 from ..configuration_mae_hf import MAE_PRESETS
 
 
@@ -236,7 +237,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_pretrain_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         description="Pre-train a Masked Autoencoder (MAE) with 🤗 Accelerate on images read with 🤗 datasets.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from ..checkpoints import load_reference_model
+from ..cli import OptionParser
 from ..configuration_mae_hf import MAE_PRESETS, MAEConfig
 from ..metrics import metric_path
 from ..modeling_mae_hf import IMAGENET_MEAN, IMAGENET_STD, MAEForImageClassification
@@ -92,7 +93,7 @@ def _add_classifier_model_args(parser: argparse.ArgumentParser, cls_token_defaul
 
 
 def build_finetune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         description="Fine-tune an MAE encoder for image classification (the reference recipe) with 🤗 Accelerate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -128,7 +129,7 @@ def build_finetune_parser() -> argparse.ArgumentParser:
 
 
 def build_linprobe_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         description="Linear probing of a frozen MAE encoder (BatchNorm without affine + linear head, LARS).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -266,10 +267,6 @@ def build_classifier(
     when the classes differ, the position table is interpolated when ``input_size`` differs), a reference ``.pth``
     (converted first), or random weights (``model_preset``, or ``random_init`` with the folder's architecture)."""
     overrides = dict(config_overrides or {})
-    if "linear_probe" in overrides and "head_init_std" not in overrides:
-        # A saved config keeps the head_init_std of its own kind (2e-5 after pre-training / fine-tuning): a new head
-        # gets the reference's init for the head being built (0.01 linear probe, 2e-5 fine-tuning).
-        overrides["head_init_std"] = 0.01 if overrides["linear_probe"] else 2e-5
     overrides.update(
         num_labels=len(names),
         id2label=dict(enumerate(names)),

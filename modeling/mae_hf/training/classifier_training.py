@@ -35,7 +35,7 @@ from .classification import (
 )
 from .data import steps_per_epoch, total_training_steps
 from .logging import JsonlLogger, read_jsonl
-from .loop import LoopSettings, maybe_compile, run_training_loop
+from .loop import LoopSettings, apply_precision_flags, maybe_compile, run_training_loop
 from .optim import scaled_learning_rate
 
 BEST_MODEL_DIR = "best_model"
@@ -146,6 +146,7 @@ def run_classifier_training(args: argparse.Namespace, task: ClassifierTask) -> d
         f"{len(splits.names)} classes, input {input_size}px, {accelerator.num_processes} process(es), effective "
         f"batch {effective_batch}, lr {base_lr:.3e}, {total_steps} optimizer steps ({steps_in_epoch} per epoch)"
     )
+    apply_precision_flags(args)
     model = maybe_compile(model, args.torch_compile)
     loss_of_batch = task.loss_function(args, len(splits.names))
     settings = LoopSettings(

@@ -84,7 +84,21 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="Stop after this many consecutive optimizer steps with a non-finite loss (each one is skipped).",
     )
     group.add_argument(
-        "--torch_compile", action="store_true", help="Wrap the model with torch.compile after accelerator.prepare."
+        "--torch_compile",
+        action="store_true",
+        help="Fast path: torch.compile the model after accelerator.prepare (masking and gathers compile without "
+        "graph breaks); the first steps are slower while it compiles.",
+    )
+    group.add_argument(
+        "--no_fused_adamw",
+        dest="fused_adamw",
+        action="store_false",
+        help="Use the per-parameter AdamW loop instead of the fused kernel (the default).",
+    )
+    group.add_argument(
+        "--allow_tf32",
+        action="store_true",
+        help="On NVIDIA GPUs, let fp32 matrix products use TF32 (faster, ~1e-3 relative precision).",
     )
     return parser
 
@@ -92,6 +106,13 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def check_loop_arguments(args: argparse.Namespace) -> None:
     if args.max_nonfinite_steps <= 0:
         raise ValueError(f"--max_nonfinite_steps must be a positive integer, got {args.max_nonfinite_steps}.")
+
+
+def apply_precision_flags(args: argparse.Namespace) -> None:
+    """``--allow_tf32``: TF32 for fp32 matrix products and convolutions (a no-op without CUDA)."""
+    if getattr(args, "allow_tf32", False):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
@@ -285,5 +306,6 @@ __all__ = [
     "add_loop_arguments",
     "check_loop_arguments",
     "maybe_compile",
+    "apply_precision_flags",
     "run_training_loop",
 ]

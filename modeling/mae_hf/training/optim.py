@@ -77,6 +77,14 @@ def param_groups_layer_decay(
     return list(groups.values())
 
 
+def build_adamw(
+    param_groups: list[dict], lr: float, betas: tuple[float, float], fused: bool = True
+) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``; ``fused`` runs one kernel for all parameters (CPU and CUDA), the fast path,
+    instead of a loop of small per-parameter kernels. Same update rule; float results agree to rounding."""
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, fused=fused or None)
+
+
 def scaled_learning_rate(blr: float, effective_batch_size: int, learning_rate: float | None = None) -> float:
     """``learning_rate`` if given, else the reference's linear scaling ``blr × effective batch / 256``."""
     return learning_rate if learning_rate is not None else blr * effective_batch_size / 256
