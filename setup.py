@@ -12,10 +12,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    package_dir={"": "modeling"},
-    packages=find_packages("modeling"),
+    # The card templates live at the top level (model_cards/) and install as mae_hf.model_cards.
+    package_dir={"": "modeling", "mae_hf.model_cards": "model_cards"},
+    packages=[*find_packages("modeling"), "mae_hf.model_cards"],
     include_package_data=True,
-    package_data={"mae_hf": ["metrics/*/*.py"]},
+    package_data={"mae_hf": ["metrics/*/*.py"], "mae_hf.model_cards": ["*.md"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

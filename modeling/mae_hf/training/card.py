@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import warnings
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-DEFAULT_TEMPLATES_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "model_cards")
+
+def _installed_templates_dir() -> str | None:
+    """The templates installed with the package (``model_cards/`` of the repository, as ``mae_hf.model_cards``)."""
+    try:
+        return str(importlib.resources.files("mae_hf.model_cards"))
+    except ModuleNotFoundError:
+        return None
 
 
 def find_template(name: str, templates_dir: str | None = None) -> str:
-    """``model_cards/<name>``, looked up in ``templates_dir``, ``$MAE_MODEL_CARDS_DIR`` and the repository."""
-    for folder in (templates_dir, os.environ.get("MAE_MODEL_CARDS_DIR"), DEFAULT_TEMPLATES_DIR, "model_cards"):
+    """``model_cards/<name>``, looked up in ``templates_dir``, ``$MAE_MODEL_CARDS_DIR`` and the installed package."""
+    for folder in (templates_dir, os.environ.get("MAE_MODEL_CARDS_DIR"), _installed_templates_dir()):
         if folder and os.path.isfile(os.path.join(folder, name)):
             return os.path.abspath(os.path.join(folder, name))
     raise FileNotFoundError(f"Model card template {name!r} not found; pass templates_dir or set MAE_MODEL_CARDS_DIR.")
