@@ -24,9 +24,9 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 
 from mae_hf import MAEConfig, MAEForPreTraining, MAEModel
+from mae_hf.cards import pretrain_card_data, render_model_card, sample_curve
 from mae_hf.hub import add_hub_arguments, check_hub_arguments, push_folder_from_args
 from mae_hf.training.args import OptionError, build_pretrain_parser, parse_args_with_recipe, validate_pretrain_args
-from mae_hf.training.card import pretrain_card_data, render_model_card, sample_curve
 from mae_hf.training.checkpoint import TrainingProgress, load_checkpoint, resolve_checkpoint
 from mae_hf.training.data import (
     build_eval_loader,

@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from mae_hf import MAEConfig, MAEForImageClassification
-from mae_hf.training.card import classifier_card_data, render_model_card
+from mae_hf.cards import classifier_card_data, render_model_card
 from mae_hf.training.checkpoint import TrainingProgress, list_checkpoints
 from mae_hf.training.classification import (
     build_finetune_parser,

@@ -57,13 +57,15 @@ def write_model_card(
     tags: Sequence[str] | None = None,
     base_model: str | None = None,
 ) -> str:
-    """Write ``folder/README.md``: YAML metadata (license, ``library_name: transformers``, ``pipeline_tag``, tags
-    starting with ``mae``) and how to load the model. Returns the card's path.
+    """Write ``folder/README.md`` from ``model_cards/model.md``: metadata (license, ``library_name: transformers``,
+    ``pipeline_tag``, tags starting with ``mae``) and how to load the model. Returns the card's path.
 
     The default license is this project's (Apache-2.0), for models trained with it; weights converted from
     facebookresearch/mae are CC BY-NC 4.0 (``convert_to_folder`` says so).
     """
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCardData
+
+    from .cards import render_model_card
 
     card_tags = ["mae", "masked-autoencoder", "vision", "vit"]
     if remote_code:
@@ -78,58 +80,25 @@ def write_model_card(
         base_model=base_model,
         model_name=model_name,
     )
-    model_id = repo_id or model_name
     auto_class = {
         "MAEForPreTraining": "AutoModelForPreTraining",
         "ViTMAEForPreTraining": "AutoModelForPreTraining",
         "MAEForImageClassification": "AutoModelForImageClassification",
     }.get(architecture, "AutoModel")
-    trust = ", trust_remote_code=True" if remote_code else ""
-    lines = [
-        "---",
-        data.to_yaml(),
-        "---",
-        "",
-        f"# {model_name}",
-        "",
-        "A Masked Autoencoder (He et al., *Masked Autoencoders Are Scalable Vision Learners*, CVPR 2022) "
-        f"Vision Transformer: `{architecture}`.",
-        "",
-    ]
-    if description:
-        lines += [description, ""]
-    lines += [
-        "## How to load",
-        "",
-        "```python",
-        f"from transformers import AutoImageProcessor, {auto_class}",
-        "",
-        f'processor = AutoImageProcessor.from_pretrained("{model_id}")',
-        f'model = {auto_class}.from_pretrained("{model_id}"{trust})',
-        "```",
-        "",
-    ]
-    if pipeline_tag == "image-classification":
-        lines += [
-            "or with a pipeline:",
-            "",
-            "```python",
-            "from transformers import pipeline",
-            "",
-            f'classify = pipeline("image-classification", model="{model_id}"{trust})',
-            "```",
-            "",
-        ]
-    if remote_code:
-        lines += [
-            "The modeling code (`configuration_mae_hf.py`, `modeling_mae_hf.py`) ships with the weights, hence "
-            "`trust_remote_code=True`; with the `mae_hf` package installed, `import mae_hf` registers the classes "
-            "and the flag is not needed.",
-            "",
-        ]
-    card = ModelCard("\n".join(lines))
     path = os.path.join(os.fspath(folder), "README.md")
-    card.save(path)
+    render_model_card(
+        "model.md",
+        data,
+        path,
+        model_name=model_name,
+        model_id=repo_id or model_name,
+        architecture=architecture,
+        description=description,
+        auto_class=auto_class,
+        trust=", trust_remote_code=True" if remote_code else "",
+        pipeline_tag=pipeline_tag,
+        remote_code=remote_code,
+    )
     return path
 
 

@@ -20,9 +20,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
+from ..cards import classifier_card_data, render_model_card, sample_curve
 from ..hub import push_folder_from_args
 from ..modeling_mae_hf import MAEForImageClassification
-from .card import classifier_card_data, render_model_card, sample_curve
 from .checkpoint import TrainingProgress, load_checkpoint, resolve_checkpoint
 from .classification import (
     ClassificationSplits,
@@ -275,6 +275,8 @@ def _write_classifier_card(
             top1=None if results["eval"] is None else results["eval"]["top1"],
             top5=None if results["eval"] is None else results["eval"]["top5"],
             dataset_label=os.path.basename(os.path.normpath(dataset)) if dataset else "images",
+            # weights derived from facebookresearch/mae checkpoints keep their CC BY-NC 4.0 license
+            license="cc-by-nc-4.0" if str(args.model_name_or_path).endswith((".pth", ".pt", ".bin")) else "apache-2.0",
         ),
         os.path.join(args.output_dir, "README.md"),
         model_id=os.path.basename(os.path.abspath(args.output_dir)),

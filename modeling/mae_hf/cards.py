@@ -58,8 +58,12 @@ def render_model_card(
     return card
 
 
-def pretrain_card_data(dataset_name: str | None = None, tags: list[str] | None = None) -> ModelCardData:
+def pretrain_card_data(
+    dataset_name: str | None = None, tags: list[str] | None = None, license: str = "apache-2.0"
+) -> ModelCardData:
+    """Metadata of a pre-trained MAE (encoder + decoder): feature extraction, self-supervised."""
     return ModelCardData(
+        license=license,
         library_name="transformers",
         pipeline_tag="image-feature-extraction",
         tags=["mae", "masked-autoencoder", "vision", "self-supervised", "mae_hf", *(tags or [])],
@@ -74,12 +78,12 @@ def classifier_card_data(
     top1: float | None = None,
     top5: float | None = None,
     dataset_label: str = "images",
-    license: str = "cc-by-nc-4.0",
+    license: str = "apache-2.0",
     tags: list[str] | None = None,
 ) -> ModelCardData:
     """Metadata of a fine-tuned / linear-probed classifier; with top-1 / top-5 it gets ``eval_results`` and hence a
-    ``model-index``. The licence defaults to the reference weights' CC-BY-NC 4.0. ``base_model`` is only kept when
-    it looks like a Hub id (a local path is not valid metadata)."""
+    ``model-index``. The licence defaults to this project's Apache-2.0 (pass cc-by-nc-4.0 for weights derived from
+    the reference's). ``base_model`` is only kept when it looks like a Hub id (a local path is not valid metadata)."""
     eval_results = None
     if top1 is not None:
         dataset_type = dataset_name or dataset_label
