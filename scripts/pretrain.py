@@ -282,11 +282,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "knn_top1": last_knn,
         "nonfinite_steps_skipped": loop.nonfinite_steps,
         "num_parameters": sum(p.numel() for p in unwrapped.parameters()),
+        **loaders.unreadable_summary(),  # training images this process skipped as unreadable
     }
     if accelerator.is_main_process:
         if not math.isfinite(last_loss):  # resumed from the final checkpoint: nothing trained in this session
             logged = [r["loss"] for r in read_jsonl(log_path) if "loss" in r] if os.path.exists(log_path) else []
             results["final_loss"] = logged[-1] if logged else None
+        if results["unreadable_images"]:
+            jsonl.log({"step": progress.global_step, **loaders.unreadable_summary()})
         with open(os.path.join(args.output_dir, "train_results.json"), "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
         write_model_card(args, unwrapped.config, results, log_path, effective_batch, total_steps, accelerator)

@@ -8,6 +8,7 @@ rows = images; columns = original | masked | reconstruction | reconstruction wit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -30,10 +31,16 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--trust_remote_code", action="store_true", help="Use the code saved with the model.")
     args = parser.parse_args(argv)
 
-    model = AutoModelForPreTraining.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    if args.mask_ratio is not None and not 0.0 <= args.mask_ratio < 1.0:
+        parser.error(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
+    if args.model.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(args.model)):
+        parser.error(f"model: no folder {args.model!r}; pass a folder written by scripts/pretrain.py (or a Hub id)")
+    try:
+        model = AutoModelForPreTraining.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as error:  # missing folder / Hub id, or a folder of another architecture
+        first_line = str(error).strip().splitlines()[0]
+        parser.error(f"model: cannot load {args.model!r} as an MAE pre-training model ({first_line})")
     if args.mask_ratio is not None:
-        if not 0.0 <= args.mask_ratio < 1.0:
-            parser.error(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
         model.config.mask_ratio = args.mask_ratio
     transform = build_eval_transform(model.config.image_size)
     try:

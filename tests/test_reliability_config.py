@@ -99,6 +99,8 @@ def test_pretrain_bad_option_gives_one_line_naming_it(
     [
         ("push_to_hub.py", ["some_folder", "no-slash-repo"], "repo_id"),
         ("convert_checkpoint.py", ["/no/such/checkpoint.pth", "OUT"], "/no/such/checkpoint.pth"),
+        ("visualize.py", ["/no/such/model", "image.png"], "/no/such/model"),
+        ("visualize.py", ["OUT", "image.png", "--mask_ratio", "1.5"], "--mask_ratio"),
     ],
 )
 def test_other_scripts_bad_arguments_give_one_line(script: str, argv: list[str], name: str, tmp_path: Path):

@@ -6,6 +6,7 @@ class folder is harmless."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import struct
 import zlib
@@ -147,6 +148,9 @@ def test_training_runs_on_the_bad_folder_and_strict_mode_names_the_file(
             )
         assert results["global_step"] == 4 and (tmp_path / "default" / "model.safetensors").is_file()
         assert any(record.getMessage().startswith("Skipped 8 unreadable") for record in caplog.records)
+        assert results["unreadable_images"] == 8 and len(results["unreadable_files"]) == 8
+        summary = json.loads((tmp_path / "default" / "log.jsonl").read_text().splitlines()[-1])
+        assert summary["unreadable_images"] == 8  # the run log says what was skipped
 
         with pytest.raises(UnreadableImageError) as raised:
             load_pretrain_script().main(
