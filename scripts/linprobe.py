@@ -14,18 +14,15 @@ The shared run (data, loop, evaluation, outputs) is ``mae_hf.training.classifier
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 import torch
 
 from mae_hf import MAEForImageClassification
-from mae_hf.hub import add_hub_arguments, check_hub_arguments
-from mae_hf.training.args import OptionError, parse_args_with_recipe
-from mae_hf.training.classification import build_linprobe_parser, build_linprobe_transform, validate_classification_args
-from mae_hf.training.classifier_training import ClassifierTask, run_classifier_training
+from mae_hf.training.classification import build_linprobe_parser, build_linprobe_transform
+from mae_hf.training.classifier_training import ClassifierTask, classifier_main
 from mae_hf.training.lars import LARS
-from mae_hf.training.loop import NonFiniteLossError, TrainingInterrupted, add_loop_arguments, check_loop_arguments
+from mae_hf.training.loop import run_script
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
@@ -73,25 +70,8 @@ LINPROBE = ClassifierTask(
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = build_linprobe_parser()
-    add_loop_arguments(parser)
-    add_hub_arguments(parser)
-    args = parse_args_with_recipe(parser, argv)
-    try:
-        validate_classification_args(args)
-        check_loop_arguments(args)
-        check_hub_arguments(args)  # before training, not after
-    except (OptionError, ValueError) as error:
-        parser.error(str(error))
-    return run_classifier_training(args, LINPROBE)
+    return classifier_main(build_linprobe_parser(), LINPROBE, argv)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except OptionError as error:  # one clear line instead of a traceback
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except (NonFiniteLossError, TrainingInterrupted) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(130 if isinstance(error, TrainingInterrupted) else 1)
+    run_script(main)

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 
 import torch
@@ -44,12 +43,11 @@ from mae_hf.training.knn import extract_features, knn_top1
 from mae_hf.training.logging import JsonlLogger, read_jsonl
 from mae_hf.training.loop import (
     LoopSettings,
-    NonFiniteLossError,
-    TrainingInterrupted,
     add_loop_arguments,
     apply_precision_flags,
     check_loop_arguments,
     maybe_compile,
+    run_script,
     run_training_loop,
 )
 from mae_hf.training.optim import build_adamw, param_groups_weight_decay, scaled_learning_rate
@@ -227,21 +225,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if knn_loaders is not None and step % args.knn_every == 0:
             last_knn = monitor_knn(step)
 
-    settings = LoopSettings(
-        output_dir=args.output_dir,
+    settings = LoopSettings.from_args(
+        args,
         total_steps=total_steps,
         schedule_steps_per_epoch=schedule_steps_per_epoch,
         steps_in_epoch=steps_in_epoch,
         base_lr=base_lr,
-        min_lr=args.min_lr,
-        warmup_epochs=args.warmup_epochs,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        clip_grad=args.clip_grad,
-        logging_steps=args.logging_steps,
-        checkpointing_steps=args.checkpointing_steps,
-        checkpoints_total_limit=args.checkpoints_total_limit,
-        max_nonfinite_steps=args.max_nonfinite_steps,
-        disable_tqdm=args.disable_tqdm,
     )
     loop = run_training_loop(
         accelerator,
@@ -365,11 +354,4 @@ def write_model_card(
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except OptionError as error:  # one clear line instead of a traceback
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except (NonFiniteLossError, TrainingInterrupted) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(130 if isinstance(error, TrainingInterrupted) else 1)
+    run_script(main)

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +21,9 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from ..cards import classifier_card_data, render_model_card, sample_curve
-from ..hub import push_folder_from_args
+from ..hub import add_hub_arguments, check_hub_arguments, push_folder_from_args
 from ..modeling_mae_hf import MAEForImageClassification
+from .args import OptionError, parse_args_with_recipe
 from .checkpoint import TrainingProgress, load_checkpoint, resolve_checkpoint
 from .classification import (
     ClassificationSplits,
@@ -32,10 +33,18 @@ from .classification import (
     eval_split,
     evaluate_classifier,
     load_classification_splits,
+    validate_classification_args,
 )
 from .data import steps_per_epoch, total_training_steps
 from .logging import JsonlLogger, read_jsonl
-from .loop import LoopSettings, apply_precision_flags, maybe_compile, run_training_loop
+from .loop import (
+    LoopSettings,
+    add_loop_arguments,
+    apply_precision_flags,
+    check_loop_arguments,
+    maybe_compile,
+    run_training_loop,
+)
 from .optim import scaled_learning_rate
 
 BEST_MODEL_DIR = "best_model"
@@ -53,6 +62,20 @@ class ClassifierTask:
     # (args, num_labels) -> (model, batch) -> loss; built after the model so it can hold e.g. a Mixup object.
     loss_function: Callable[[argparse.Namespace, int], Callable[[torch.nn.Module, dict[str, torch.Tensor]], Any]]
     recipe_description: Callable[[argparse.Namespace], dict[str, Any]] = field(default=lambda args: {})
+
+
+def classifier_main(parser: argparse.ArgumentParser, task: ClassifierTask, argv: Sequence[str] | None) -> dict:
+    """Parse (recipe < command line), validate every option before any data or model is loaded, then train."""
+    add_loop_arguments(parser)
+    add_hub_arguments(parser)
+    args = parse_args_with_recipe(parser, argv)
+    try:
+        validate_classification_args(args)
+        check_loop_arguments(args)
+        check_hub_arguments(args)  # before training, not after
+    except (OptionError, ValueError) as error:
+        parser.error(str(error))
+    return run_classifier_training(args, task)
 
 
 def run_classifier_training(args: argparse.Namespace, task: ClassifierTask) -> dict[str, Any]:
@@ -149,21 +172,12 @@ def run_classifier_training(args: argparse.Namespace, task: ClassifierTask) -> d
     apply_precision_flags(args)
     model = maybe_compile(model, args.torch_compile)
     loss_of_batch = task.loss_function(args, len(splits.names))
-    settings = LoopSettings(
-        output_dir=args.output_dir,
+    settings = LoopSettings.from_args(
+        args,
         total_steps=total_steps,
         schedule_steps_per_epoch=steps_in_epoch,
         steps_in_epoch=steps_in_epoch,
         base_lr=base_lr,
-        min_lr=args.min_lr,
-        warmup_epochs=args.warmup_epochs,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        clip_grad=args.clip_grad,
-        logging_steps=args.logging_steps,
-        checkpointing_steps=args.checkpointing_steps,
-        checkpoints_total_limit=args.checkpoints_total_limit,
-        max_nonfinite_steps=args.max_nonfinite_steps,
-        disable_tqdm=args.disable_tqdm,
         desc=task.name,
     )
     loop = run_training_loop(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from .args import OptionError
 from .checkpoint import TrainingProgress, list_checkpoints, save_checkpoint, should_checkpoint
 from .logging import JsonlLogger, StepTimer, postfix, progress_bar
 from .optim import lr_at_step, set_learning_rate
@@ -62,6 +64,23 @@ class LoopSettings:
     max_nonfinite_steps: int = 5
     disable_tqdm: bool = False
     desc: str = "train"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **values: Any) -> LoopSettings:
+        """The options every training script shares, plus ``values`` (step counts, base lr, ...) it computed."""
+        shared = dict(
+            output_dir=args.output_dir,
+            min_lr=args.min_lr,
+            warmup_epochs=args.warmup_epochs,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            clip_grad=args.clip_grad,
+            logging_steps=args.logging_steps,
+            checkpointing_steps=args.checkpointing_steps,
+            checkpoints_total_limit=args.checkpoints_total_limit,
+            max_nonfinite_steps=args.max_nonfinite_steps,
+            disable_tqdm=args.disable_tqdm,
+        )
+        return cls(**{**shared, **values})
 
 
 @dataclass
@@ -106,6 +125,19 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def check_loop_arguments(args: argparse.Namespace) -> None:
     if args.max_nonfinite_steps <= 0:
         raise ValueError(f"--max_nonfinite_steps must be a positive integer, got {args.max_nonfinite_steps}.")
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """A training script's entry point: a bad option is one line (exit 2); a run stopped by non-finite losses
+    (exit 1) or by SIGTERM / SIGINT (exit 130, checkpoint saved) says why, without a traceback."""
+    try:
+        main()
+    except OptionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except (NonFiniteLossError, TrainingInterrupted) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(130 if isinstance(error, TrainingInterrupted) else 1)
 
 
 def apply_precision_flags(args: argparse.Namespace) -> None:
@@ -307,5 +339,6 @@ __all__ = [
     "check_loop_arguments",
     "maybe_compile",
     "apply_precision_flags",
+    "run_script",
     "run_training_loop",
 ]
