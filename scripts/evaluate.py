@@ -108,8 +108,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             args.model_name_or_path, **({"image_size": args.input_size} if args.input_size else {})
         )
         input_size = model.config.image_size
+        # strict: an unreadable image stops the evaluation naming the file, instead of changing the denominator
         dataset = prepare_split(
-            raw, build_eval_transform(input_size), image_column, label_column, args.max_eval_samples
+            raw, build_eval_transform(input_size), image_column, label_column, args.max_eval_samples, strict=True
         )
         mapping = label_remapping(class_names(raw, label_column), model.config.label2id)
         if mapping is not None:  # the model's class indices, whatever the order of the dataset's classes
@@ -161,8 +162,9 @@ def knn_evaluation(args: argparse.Namespace, accelerator: Accelerator, queries_r
     input_size = args.input_size or encoder.config.image_size
     transform = build_eval_transform(input_size)
     memory_raw = load_split(args, args.knn_train_dir, "train")
-    memory = prepare_split(memory_raw, transform, detect_image_column(memory_raw), detect_label_column(memory_raw))
-    queries = prepare_split(queries_raw, transform, image_column, label_column, args.max_eval_samples)
+    memory_columns = detect_image_column(memory_raw), detect_label_column(memory_raw)
+    memory = prepare_split(memory_raw, transform, *memory_columns, strict=True)
+    queries = prepare_split(queries_raw, transform, image_column, label_column, args.max_eval_samples, strict=True)
     top1 = None
     if accelerator.is_main_process:
         with accelerator.autocast():

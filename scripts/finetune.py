@@ -53,6 +53,8 @@ def loss_function(args: argparse.Namespace, num_labels: int):
     def loss_of_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pixel_values, labels = batch["pixel_values"], batch["labels"]
         if mixup is not None:
+            if pixel_values.shape[0] % 2:  # an unreadable image was dropped: timm's Mixup pairs images, needs even
+                pixel_values, labels = pixel_values[:-1], labels[:-1]
             pixel_values, labels = mixup(pixel_values, labels)
         return model(pixel_values=pixel_values, labels=labels).loss
 

@@ -416,7 +416,12 @@ def build_train_loaders(
 ) -> EpochDataLoaders:
     """Training batches (pixel_values, integer labels) in an order that depends only on (seed, epoch)."""
     train = prepare_split(
-        splits.raw["train"], train_transform, splits.image_column, splits.label_column, args.max_train_samples
+        splits.raw["train"],
+        train_transform,
+        splits.image_column,
+        splits.label_column,
+        args.max_train_samples,
+        strict=args.strict_data,
     )
     if len(train) == 0:
         raise OptionError("The training data is empty; check --train_dir / --dataset_name / --train_split.")
@@ -431,14 +436,13 @@ def build_train_loaders(
 
 
 def eval_split(
-    splits: ClassificationSplits, split: str, input_size: int, max_samples: int | None = None
+    splits: ClassificationSplits, split: str, input_size: int, max_samples: int | None = None, strict: bool = False
 ) -> Dataset | None:
-    """``split`` with the evaluation transform (None when absent)."""
+    """``split`` with the evaluation transform (None when absent); ``strict`` stops on an unreadable image."""
     if split not in splits.raw:
         return None
-    return prepare_split(
-        splits.raw[split], build_eval_transform(input_size), splits.image_column, splits.label_column, max_samples
-    )
+    transform = build_eval_transform(input_size)
+    return prepare_split(splits.raw[split], transform, splits.image_column, splits.label_column, max_samples, strict)
 
 
 def build_sharded_eval_loader(accelerator: Accelerator, dataset: Dataset, batch_size: int, workers: int = 0):

@@ -109,7 +109,7 @@ def run_classifier_training(args: argparse.Namespace, task: ClassifierTask) -> d
     loaders = build_train_loaders(
         args, splits, task.train_transform(args, input_size), accelerator.num_processes, accelerator.process_index
     )
-    validation = eval_split(splits, "validation", input_size, args.max_eval_samples)
+    validation = eval_split(splits, "validation", input_size, args.max_eval_samples, strict=args.strict_data)
     steps_in_epoch = steps_per_epoch(len(loaders), args.gradient_accumulation_steps)
     total_steps = total_training_steps(args.num_train_epochs, steps_in_epoch, args.max_train_steps)
     effective_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
