@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import load_script
 from huggingface_hub import ModelCard
 from PIL import Image
 
@@ -117,6 +118,13 @@ def test_mixup_cutmix_soft_targets_and_model_loss():
         expected = torch.sum(-targets * torch.log_softmax(model(pixel_values=mixed).logits, dim=-1), dim=-1).mean()
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert build_mixup(_finetune_args("--mixup", "0", "--cutmix", "0"), 5) is None
+
+
+def test_mixup_loss_survives_an_odd_batch_left_by_a_skipped_image():
+    loss_of_batch = load_script("finetune").loss_function(_finetune_args(), num_labels=5)
+    model = _classifier()
+    batch = {"pixel_values": torch.randn(7, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 3, 4, 0, 1])}
+    assert torch.isfinite(loss_of_batch(model, batch))  # timm's Mixup alone asserts an even batch
 
 
 def test_finetune_transform_is_the_reference():
