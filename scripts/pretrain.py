@@ -26,7 +26,6 @@ from mae_hf import MAEConfig, MAEForPreTraining, MAEModel
 from mae_hf.cards import pretrain_card_data, render_model_card, sample_curve
 from mae_hf.hub import add_hub_arguments, check_hub_arguments, push_folder_from_args
 from mae_hf.training.args import OptionError, build_pretrain_parser, parse_args_with_recipe, validate_pretrain_args
-from mae_hf.training.checkpoint import TrainingProgress, load_checkpoint, resolve_checkpoint
 from mae_hf.training.data import (
     build_eval_loader,
     build_eval_transform,
@@ -40,7 +39,7 @@ from mae_hf.training.data import (
     total_training_steps,
 )
 from mae_hf.training.knn import extract_features, knn_top1
-from mae_hf.training.logging import JsonlLogger, read_jsonl
+from mae_hf.training.logging import read_jsonl
 from mae_hf.training.loop import (
     LoopSettings,
     add_loop_arguments,
@@ -49,6 +48,7 @@ from mae_hf.training.loop import (
     maybe_compile,
     run_script,
     run_training_loop,
+    start_run,
 )
 from mae_hf.training.optim import build_adamw, param_groups_weight_decay, scaled_learning_rate
 from mae_hf.training.visualize import log_image_to_trackers, save_reconstruction_grid
@@ -153,21 +153,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    # --- Resume: model, optimizer, scaler, RNG (load_state) + counters and data position ----------------------------
-    progress = TrainingProgress()
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if checkpoint:
-        progress = load_checkpoint(accelerator, checkpoint)
-        accelerator.print(f"Resumed from {checkpoint} at step {progress.global_step} (epoch {progress.epoch}).")
-
-    # --- Logs: trackers (TensorBoard), log.jsonl, fixed validation images, kNN sets ----------------------------------
-    tracker_config = {
-        key: value if isinstance(value, int | float | str | bool) else str(value) for key, value in vars(args).items()
-    }
-    tracker_config.update(effective_batch_size=effective_batch, learning_rate_used=base_lr, total_steps=total_steps)
-    accelerator.init_trackers(args.project_name, config=tracker_config)
-    log_path = os.path.join(args.output_dir, "log.jsonl")
-    jsonl = JsonlLogger(log_path, accelerator.is_main_process, progress.global_step if checkpoint else None)
+    # --- Resume (model, optimizer, scaler, RNG, counters, data position), trackers, log.jsonl ----------------------
+    progress, checkpoint, jsonl = start_run(
+        accelerator, args, effective_batch_size=effective_batch, learning_rate_used=base_lr, total_steps=total_steps
+    )
+    log_path = jsonl.path
     # Grids and kNN run the unwrapped model on the main process alone, which needs the full weights there:
     # not under FSDP (sharded parameters), where scripts/visualize.py draws the grid from the saved folder.
     can_monitor = accelerator.is_main_process and accelerator.distributed_type != DistributedType.FSDP

@@ -321,6 +321,24 @@ def parse_args_with_recipe(parser: argparse.ArgumentParser, argv: Sequence[str] 
     return parser.parse_args(argv)
 
 
+def validate_schedule_args(args: argparse.Namespace) -> None:
+    """Epochs, warm-up, learning rates, weight decay and clipping: the options every training script shares."""
+    if args.num_train_epochs <= 0:
+        raise OptionError(f"--num_train_epochs must be positive, got {args.num_train_epochs}.")
+    if args.warmup_epochs < 0:
+        raise OptionError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}.")
+    if args.learning_rate is not None and args.learning_rate <= 0:
+        raise OptionError(f"--learning_rate must be positive, got {args.learning_rate}; or omit it to use --blr.")
+    if args.blr <= 0:
+        raise OptionError(f"--blr must be positive, got {args.blr}.")
+    if args.min_lr < 0:
+        raise OptionError(f"--min_lr must be >= 0, got {args.min_lr}.")
+    if args.weight_decay < 0:
+        raise OptionError(f"--weight_decay must be >= 0, got {args.weight_decay}.")
+    if args.clip_grad is not None and args.clip_grad <= 0:
+        raise OptionError(f"--clip_grad must be positive when given, got {args.clip_grad}.")
+
+
 def validate_pretrain_args(args: argparse.Namespace) -> None:
     """Raise ``OptionError`` with one line naming the option and the fix."""
     if not args.output_dir:
@@ -359,20 +377,7 @@ def validate_pretrain_args(args: argparse.Namespace) -> None:
     for name in ("visualize_every", "knn_every", "dataloader_num_workers"):
         if getattr(args, name) < 0:
             raise OptionError(f"--{name} must be >= 0, got {getattr(args, name)}.")
-    if args.num_train_epochs <= 0:
-        raise OptionError(f"--num_train_epochs must be positive, got {args.num_train_epochs}.")
-    if args.warmup_epochs < 0:
-        raise OptionError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}.")
-    if args.learning_rate is not None and args.learning_rate <= 0:
-        raise OptionError(f"--learning_rate must be positive, got {args.learning_rate}; or omit it to use --blr.")
-    if args.blr <= 0:
-        raise OptionError(f"--blr must be positive, got {args.blr}.")
-    if args.min_lr < 0:
-        raise OptionError(f"--min_lr must be >= 0, got {args.min_lr}.")
-    if args.weight_decay < 0:
-        raise OptionError(f"--weight_decay must be >= 0, got {args.weight_decay}.")
-    if args.clip_grad is not None and args.clip_grad <= 0:
-        raise OptionError(f"--clip_grad must be positive when given, got {args.clip_grad}.")
+    validate_schedule_args(args)
     for name in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(args, name) < 1.0:
             raise OptionError(f"--{name} must be in [0, 1), got {getattr(args, name)}.")

@@ -36,6 +36,7 @@ from .args import (
     add_optimization_args,
     add_recipe_args,
     parse_overrides,
+    validate_schedule_args,
 )
 from .data import (
     EpochDataLoaders,
@@ -201,18 +202,7 @@ def validate_classification_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise OptionError(f"--{name} must be positive when given, got {value}.")
-    if args.num_train_epochs <= 0:
-        raise OptionError(f"--num_train_epochs must be positive, got {args.num_train_epochs}.")
-    if args.warmup_epochs < 0:
-        raise OptionError(f"--warmup_epochs must be >= 0, got {args.warmup_epochs}.")
-    if args.learning_rate is not None and args.learning_rate <= 0:
-        raise OptionError(f"--learning_rate must be positive, got {args.learning_rate}; or omit it to use --blr.")
-    if args.blr <= 0:
-        raise OptionError(f"--blr must be positive, got {args.blr}.")
-    if args.min_lr < 0 or args.weight_decay < 0:
-        raise OptionError("--min_lr and --weight_decay must be >= 0.")
-    if args.clip_grad is not None and args.clip_grad <= 0:
-        raise OptionError(f"--clip_grad must be positive when given, got {args.clip_grad}.")
+    validate_schedule_args(args)
     if not 0.0 <= args.hflip <= 1.0:
         raise OptionError(f"--hflip must be a probability, got {args.hflip}.")
     if not 0.0 < args.crop_min_scale <= 1.0:

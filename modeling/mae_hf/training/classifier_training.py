@@ -24,7 +24,6 @@ from ..cards import classifier_card_data, render_model_card, sample_curve
 from ..hub import add_hub_arguments, check_hub_arguments, push_folder_from_args
 from ..modeling_mae_hf import MAEForImageClassification
 from .args import OptionError, parse_args_with_recipe
-from .checkpoint import TrainingProgress, load_checkpoint, resolve_checkpoint
 from .classification import (
     ClassificationSplits,
     build_classifier,
@@ -36,7 +35,7 @@ from .classification import (
     validate_classification_args,
 )
 from .data import steps_per_epoch, total_training_steps
-from .logging import JsonlLogger, read_jsonl
+from .logging import read_jsonl
 from .loop import (
     LoopSettings,
     add_loop_arguments,
@@ -44,6 +43,7 @@ from .loop import (
     check_loop_arguments,
     maybe_compile,
     run_training_loop,
+    start_run,
 )
 from .optim import scaled_learning_rate
 
@@ -123,19 +123,10 @@ def run_classifier_training(args: argparse.Namespace, task: ClassifierTask) -> d
             accelerator, validation, args.per_device_eval_batch_size, args.dataloader_num_workers
         )
 
-    progress = TrainingProgress()
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if checkpoint:
-        progress = load_checkpoint(accelerator, checkpoint)
-        accelerator.print(f"Resumed from {checkpoint} at step {progress.global_step} (epoch {progress.epoch}).")
-
-    tracker_config = {
-        key: value if isinstance(value, int | float | str | bool) else str(value) for key, value in vars(args).items()
-    }
-    tracker_config.update(effective_batch_size=effective_batch, learning_rate_used=base_lr, total_steps=total_steps)
-    accelerator.init_trackers(args.project_name, config=tracker_config)
-    log_path = os.path.join(args.output_dir, "log.jsonl")
-    jsonl = JsonlLogger(log_path, accelerator.is_main_process, progress.global_step if checkpoint else None)
+    progress, checkpoint, jsonl = start_run(
+        accelerator, args, effective_batch_size=effective_batch, learning_rate_used=base_lr, total_steps=total_steps
+    )
+    log_path = jsonl.path
     best_dir = os.path.join(args.output_dir, BEST_MODEL_DIR)
     best = _read_best(best_dir) if checkpoint else None
     last_eval: dict[str, Any] | None = None

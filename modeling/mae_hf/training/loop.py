@@ -17,6 +17,7 @@ all-reduce per batch, so a NaN on one rank or a signal delivered to one rank can
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -28,7 +29,14 @@ import torch
 from accelerate import Accelerator
 
 from .args import OptionError
-from .checkpoint import TrainingProgress, list_checkpoints, save_checkpoint, should_checkpoint
+from .checkpoint import (
+    TrainingProgress,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    should_checkpoint,
+)
 from .logging import JsonlLogger, StepTimer, postfix, progress_bar
 from .optim import lr_at_step, set_learning_rate
 
@@ -125,6 +133,24 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def check_loop_arguments(args: argparse.Namespace) -> None:
     if args.max_nonfinite_steps <= 0:
         raise ValueError(f"--max_nonfinite_steps must be a positive integer, got {args.max_nonfinite_steps}.")
+
+
+def start_run(
+    accelerator: Accelerator, args: argparse.Namespace, **tracker_values: Any
+) -> tuple[TrainingProgress, str | None, JsonlLogger]:
+    """Resume (``--resume_from_checkpoint``: model, optimizer, scaler, RNG and counters), start the trackers with
+    the options plus ``tracker_values``, and open ``log.jsonl`` (cut back to the resumed step)."""
+    progress = TrainingProgress()
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if checkpoint:
+        progress = load_checkpoint(accelerator, checkpoint)
+        accelerator.print(f"Resumed from {checkpoint} at step {progress.global_step} (epoch {progress.epoch}).")
+    # TensorBoard's hparams take scalars only
+    config = {key: v if isinstance(v, int | float | str | bool) else str(v) for key, v in vars(args).items()}
+    accelerator.init_trackers(args.project_name, config={**config, **tracker_values})
+    log_path = os.path.join(args.output_dir, "log.jsonl")
+    jsonl = JsonlLogger(log_path, accelerator.is_main_process, progress.global_step if checkpoint else None)
+    return progress, checkpoint, jsonl
 
 
 def run_script(main: Callable[[], Any]) -> None:
@@ -340,5 +366,6 @@ __all__ = [
     "maybe_compile",
     "apply_precision_flags",
     "run_script",
+    "start_run",
     "run_training_loop",
 ]
