@@ -20,6 +20,7 @@ from mae_hf.training.checkpoint import TrainingProgress, list_checkpoints, resol
 from mae_hf.training.data import (
     EpochDataLoaders,
     build_pretrain_transform,
+    normalize_images,
     steps_per_epoch,
     streaming_steps_per_epoch,
     to_rgb,
@@ -256,6 +257,17 @@ def test_to_rgb_handles_every_mode():
         rgb = to_rgb(image)
         assert rgb.mode == "RGB", name
         assert abs(int(np.asarray(rgb)[0, 0, 0]) - expected[name]) <= 1, name
+
+
+def test_uint8_transport_then_normalisation_equals_the_float_transform():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    torch.manual_seed(3)
+    as_float = build_pretrain_transform(32)(image)
+    torch.manual_seed(3)
+    as_uint8 = build_pretrain_transform(32, normalize=False)(image)
+    assert as_uint8.dtype == torch.uint8
+    assert torch.equal(normalize_images(as_uint8[None])[0], as_float)  # same crop, same numbers
+    assert normalize_images(as_float) is as_float
 
 
 def test_pretrain_transform_is_the_reference():
