@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType
 
 from mae_hf import MAEConfig, MAEForPreTraining, MAEModel
 from mae_hf.cards import pretrain_card_data, render_model_card, sample_curve
@@ -33,6 +33,7 @@ from mae_hf.training.data import (
     detect_image_column,
     detect_label_column,
     load_image_datasets,
+    load_image_datasets_from_args,
     normalize_images,
     prepare_split,
     steps_per_epoch,
@@ -45,6 +46,7 @@ from mae_hf.training.loop import (
     LoopSettings,
     add_loop_arguments,
     apply_precision_flags,
+    build_accelerator,
     check_loop_arguments,
     maybe_compile,
     run_script,
@@ -80,15 +82,7 @@ def labelled_eval_split(args, directory: str | None, split: str, input_size: int
     if directory:
         data = load_image_datasets(train_dir=directory, cache_dir=args.cache_dir)["train"]
     else:
-        splits = load_image_datasets(
-            train_dir=args.train_dir,
-            validation_dir=args.validation_dir,
-            dataset_name=args.dataset_name,
-            dataset_config_name=args.dataset_config_name,
-            train_split=args.train_split,
-            validation_split=args.validation_split,
-            cache_dir=args.cache_dir,
-        )
+        splits = load_image_datasets_from_args(args)
         if split not in splits:
             raise OptionError(f"--knn_every: no {split} split for the kNN monitor; pass --knn_{split}_dir.")
         data = splits[split]
@@ -112,17 +106,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(str(error))
 
     # --- Accelerate: processes, mixed precision, gradient accumulation, trackers ------------------------------------
-    report_to = None if args.report_to == "none" else args.report_to
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=report_to,
-        project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "runs")
-        ),
-    )
-    set_seed(args.seed + accelerator.process_index)  # as the reference: seed + rank
-    os.makedirs(args.output_dir, exist_ok=True)
+    accelerator = build_accelerator(args)
 
     # --- Model and data --------------------------------------------------------------------------------------------
     model = build_model(args)

@@ -44,7 +44,7 @@ from .data import (
     collate_images,
     detect_image_column,
     detect_label_column,
-    load_image_datasets,
+    load_image_datasets_from_args,
     prepare_split,
 )
 
@@ -381,15 +381,7 @@ class ClassificationSplits:
 
 def load_classification_splits(args: argparse.Namespace) -> ClassificationSplits:
     """The train / validation splits, their image and label columns and class names (labels are required)."""
-    splits = load_image_datasets(
-        train_dir=args.train_dir,
-        validation_dir=args.validation_dir,
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_split=args.train_split,
-        validation_split=args.validation_split,
-        cache_dir=args.cache_dir,
-    )
+    splits = load_image_datasets_from_args(args)
     label_column = detect_label_column(splits["train"], args.label_column_name)
     if label_column is None:
         raise OptionError("The training data has no labels: use class sub-folders or pass --label_column_name.")

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
 
 from ..cards import classifier_card_data, render_model_card, sample_curve
 from ..hub import add_hub_arguments, check_hub_arguments, push_folder_from_args
@@ -40,6 +39,7 @@ from .loop import (
     LoopSettings,
     add_loop_arguments,
     apply_precision_flags,
+    build_accelerator,
     check_loop_arguments,
     maybe_compile,
     run_training_loop,
@@ -80,17 +80,7 @@ def classifier_main(parser: argparse.ArgumentParser, task: ClassifierTask, argv:
 
 def run_classifier_training(args: argparse.Namespace, task: ClassifierTask) -> dict[str, Any]:
     """Train, evaluate and save a classifier as described by ``args`` and ``task``; returns the results."""
-    report_to = None if args.report_to == "none" else args.report_to
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=report_to,
-        project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "runs")
-        ),
-    )
-    set_seed(args.seed + accelerator.process_index)  # as the reference: seed + rank
-    os.makedirs(args.output_dir, exist_ok=True)
+    accelerator = build_accelerator(args)
 
     # --- Data and model: classes from the dataset, position embeddings interpolated to --input_size -------------
     with accelerator.main_process_first():  # the main process builds the datasets cache, the others reuse it

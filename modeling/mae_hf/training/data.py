@@ -83,6 +83,20 @@ def load_image_datasets(
     return splits
 
 
+def load_image_datasets_from_args(args: argparse.Namespace, streaming: bool = False) -> dict[str, Any]:
+    """``load_image_datasets`` with the data options every script shares (``add_data_args``)."""
+    return load_image_datasets(
+        train_dir=args.train_dir,
+        validation_dir=args.validation_dir,
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_split=args.train_split,
+        validation_split=args.validation_split,
+        streaming=streaming,
+        cache_dir=args.cache_dir,
+    )
+
+
 def detect_image_column(dataset: Dataset | IterableDataset, image_column_name: str | None = None) -> str:
     """The image column: ``image_column_name`` if given, else the first ``Image`` feature, else 'image'/'img'."""
     features = dataset.features or {}
@@ -498,16 +512,7 @@ def build_pretrain_data(
 ) -> tuple[EpochDataLoaders, Dataset]:
     """Training loaders and the images for reconstruction grids (validation split, else training split) with the
     eval transform, from the parsed options."""
-    splits = load_image_datasets(
-        train_dir=args.train_dir,
-        validation_dir=args.validation_dir,
-        dataset_name=args.dataset_name,
-        dataset_config_name=args.dataset_config_name,
-        train_split=args.train_split,
-        validation_split=args.validation_split,
-        streaming=args.streaming,
-        cache_dir=args.cache_dir,
-    )
+    splits = load_image_datasets_from_args(args, streaming=args.streaming)
     image_column = detect_image_column(splits["train"], args.image_column_name)
     strict = bool(getattr(args, "strict_data", False))
     train_transform = build_pretrain_transform(input_size, normalize=False)  # uint8 to the device
@@ -596,6 +601,7 @@ __all__ = [
     "detect_image_column",
     "detect_label_column",
     "load_image_datasets",
+    "load_image_datasets_from_args",
     "make_example_transform",
     "prepare_split",
     "readable_preview",

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
 
 from .args import OptionError
 from .checkpoint import (
@@ -133,6 +134,22 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def check_loop_arguments(args: argparse.Namespace) -> None:
     if args.max_nonfinite_steps <= 0:
         raise ValueError(f"--max_nonfinite_steps must be a positive integer, got {args.max_nonfinite_steps}.")
+
+
+def build_accelerator(args: argparse.Namespace) -> Accelerator:
+    """The run's ``Accelerator`` (processes, mixed precision, gradient accumulation, trackers under
+    ``OUTPUT_DIR/runs``), with the reference's seeding (seed + rank) and the output folder created."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "runs")
+        ),
+    )
+    set_seed(args.seed + accelerator.process_index)
+    os.makedirs(args.output_dir, exist_ok=True)
+    return accelerator
 
 
 def start_run(
@@ -366,6 +383,7 @@ __all__ = [
     "maybe_compile",
     "apply_precision_flags",
     "run_script",
+    "build_accelerator",
     "start_run",
     "run_training_loop",
 ]
