@@ -24,8 +24,8 @@ from accelerate.utils import DistributedType
 
 from mae_hf import MAEConfig, MAEForPreTraining, MAEModel
 from mae_hf.cards import pretrain_card_data, render_model_card, sample_curve
-from mae_hf.hub import add_hub_arguments, check_hub_arguments, push_folder_from_args
-from mae_hf.training.args import OptionError, build_pretrain_parser, parse_args_with_recipe, validate_pretrain_args
+from mae_hf.hub import push_folder_from_args
+from mae_hf.training.args import OptionError, build_pretrain_parser, validate_pretrain_args
 from mae_hf.training.data import (
     build_eval_loader,
     build_eval_transform,
@@ -44,11 +44,10 @@ from mae_hf.training.knn import extract_features, knn_top1
 from mae_hf.training.logging import read_jsonl
 from mae_hf.training.loop import (
     LoopSettings,
-    add_loop_arguments,
     apply_precision_flags,
     build_accelerator,
-    check_loop_arguments,
     maybe_compile,
+    parse_training_args,
     run_script,
     run_training_loop,
     start_run,
@@ -94,16 +93,7 @@ def labelled_eval_split(args, directory: str | None, split: str, input_size: int
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = build_pretrain_parser()
-    add_loop_arguments(parser)
-    add_hub_arguments(parser)
-    args = parse_args_with_recipe(parser, argv)
-    try:
-        validate_pretrain_args(args)
-        check_loop_arguments(args)
-        check_hub_arguments(args)  # before training, not after
-    except (OptionError, ValueError) as error:
-        parser.error(str(error))
+    args = parse_training_args(build_pretrain_parser(), argv, validate_pretrain_args)
 
     # --- Accelerate: processes, mixed precision, gradient accumulation, trackers ------------------------------------
     accelerator = build_accelerator(args)

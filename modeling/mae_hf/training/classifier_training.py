@@ -20,9 +20,8 @@ import torch
 from accelerate import Accelerator
 
 from ..cards import classifier_card_data, render_model_card, sample_curve
-from ..hub import add_hub_arguments, check_hub_arguments, push_folder_from_args
+from ..hub import push_folder_from_args
 from ..modeling_mae_hf import MAEForImageClassification
-from .args import OptionError, parse_args_with_recipe
 from .classification import (
     ClassificationSplits,
     build_classifier,
@@ -37,11 +36,10 @@ from .data import steps_per_epoch, total_training_steps
 from .logging import read_jsonl
 from .loop import (
     LoopSettings,
-    add_loop_arguments,
     apply_precision_flags,
     build_accelerator,
-    check_loop_arguments,
     maybe_compile,
+    parse_training_args,
     run_training_loop,
     start_run,
 )
@@ -66,16 +64,7 @@ class ClassifierTask:
 
 def classifier_main(parser: argparse.ArgumentParser, task: ClassifierTask, argv: Sequence[str] | None) -> dict:
     """Parse (recipe < command line), validate every option before any data or model is loaded, then train."""
-    add_loop_arguments(parser)
-    add_hub_arguments(parser)
-    args = parse_args_with_recipe(parser, argv)
-    try:
-        validate_classification_args(args)
-        check_loop_arguments(args)
-        check_hub_arguments(args)  # before training, not after
-    except (OptionError, ValueError) as error:
-        parser.error(str(error))
-    return run_classifier_training(args, task)
+    return run_classifier_training(parse_training_args(parser, argv, validate_classification_args), task)
 
 
 def run_classifier_training(args: argparse.Namespace, task: ClassifierTask) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +134,28 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def check_loop_arguments(args: argparse.Namespace) -> None:
     if args.max_nonfinite_steps <= 0:
         raise ValueError(f"--max_nonfinite_steps must be a positive integer, got {args.max_nonfinite_steps}.")
+
+
+def parse_training_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    validate: Callable[[argparse.Namespace], None],
+) -> argparse.Namespace:
+    """Add the loop and Hub options, parse (defaults < recipe < command line) and check every option with
+    ``validate`` before any data or model is loaded; a bad one ends with a single ``error:`` line."""
+    from ..hub import add_hub_arguments, check_hub_arguments
+    from .args import parse_args_with_recipe
+
+    add_loop_arguments(parser)
+    add_hub_arguments(parser)
+    args = parse_args_with_recipe(parser, argv)
+    try:
+        validate(args)
+        check_loop_arguments(args)
+        check_hub_arguments(args)  # before training, not after
+    except (OptionError, ValueError) as error:
+        parser.error(str(error))
+    return args
 
 
 def build_accelerator(args: argparse.Namespace) -> Accelerator:
@@ -383,6 +405,7 @@ __all__ = [
     "maybe_compile",
     "apply_precision_flags",
     "run_script",
+    "parse_training_args",
     "build_accelerator",
     "start_run",
     "run_training_loop",
