@@ -65,7 +65,8 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
+def add_data_args(parser: argparse.ArgumentParser, decode_on_device: bool = False) -> None:
+    """The data options; ``decode_on_device`` adds ``--decode_on_device`` (pre-training's augmentation only)."""
     group = parser.add_argument_group("data (read with 🤗 datasets)")
     group.add_argument("--train_dir", type=str, default=None, help="Local image folder for training (imagefolder).")
     group.add_argument(
@@ -125,6 +126,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Stop on the first unreadable image (naming the file) instead of skipping and counting such files.",
     )
+    if decode_on_device:
+        group.add_argument(
+            "--decode_on_device",
+            action="store_true",
+            help="Decode JPEGs and crop on the accelerator with torchvision's nvJPEG decode (decode_jpeg on CUDA): "
+            "workers only read bytes and draw crop boxes; other formats are decoded on the workers; results differ "
+            "from the PIL path only by decoder/resize rounding. Decoding then counts in step_time, not data_time.",
+        )
 
 
 def add_optimization_args(parser: argparse.ArgumentParser, blr: float, betas: tuple[float, float]) -> None:
@@ -251,7 +260,7 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
         default=None,
         help="Regress per-patch normalised pixels (the reference recipe); default: the model config's value.",
     )
-    add_data_args(parser)
+    add_data_args(parser, decode_on_device=True)
     add_optimization_args(parser, blr=1e-3, betas=(0.9, 0.95))
     add_checkpoint_args(parser)
     add_logging_args(parser)

@@ -226,6 +226,20 @@ def build_eval_transform(input_size: int) -> v2.Compose:
     )
 
 
+def unreadable_reason(value: Any, error: BaseException) -> str:
+    """``"path (ErrorType: first line of the message)"``: how an unreadable image is listed and reported."""
+    message = str(error).splitlines()[0] if str(error) else ""
+    return f"{_image_name(value)} ({type(error).__name__}: {message})"
+
+
+def strict_data_error(reason: str) -> UnreadableImageError:
+    """The ``--strict_data`` error for an image listed as ``reason`` (see ``unreadable_reason``)."""
+    return UnreadableImageError(
+        f"--strict_data: cannot read image {reason}; remove or fix the file, or drop --strict_data to skip "
+        "unreadable images."
+    )
+
+
 def make_example_transform(
     image_transform: Callable[[Image.Image], torch.Tensor],
     image_column: str,
@@ -245,13 +259,9 @@ def make_example_transform(
             try:
                 image = decode_image(value)
             except Exception as error:  # PIL plugins raise many types (OSError, ValueError, SyntaxError, ...)
-                message = str(error).splitlines()[0] if str(error) else ""
-                reason = f"{_image_name(value)} ({type(error).__name__}: {message})"
+                reason = unreadable_reason(value, error)
                 if strict:
-                    raise UnreadableImageError(
-                        f"--strict_data: cannot read image {reason}; remove or fix the file, or drop --strict_data "
-                        "to skip unreadable images."
-                    ) from None
+                    raise strict_data_error(reason) from None
                 pixel_values.append(None)
                 errors.append(reason)
                 continue
@@ -266,16 +276,22 @@ def make_example_transform(
 
 
 class TransformingCollate:
-    """Collate raw examples (a streamed dataset) by transforming them first; picklable for worker processes."""
+    """Collate raw examples (a streamed dataset) by transforming them first, then ``collate`` (``collate_images``
+    by default); picklable for worker processes."""
 
-    def __init__(self, transform: Callable[[dict[str, list[Any]]], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        transform: Callable[[dict[str, list[Any]]], dict[str, Any]],
+        collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    ) -> None:
         self.transform = transform
+        self.collate = collate or collate_images
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         columns = {key: [example[key] for example in examples] for key in examples[0]}
         transformed = self.transform(columns)
         rows = [dict(zip(transformed, values)) for values in zip(*transformed.values())]
-        return collate_images(rows)
+        return self.collate(rows)
 
 
 def collate_images(examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -359,9 +375,12 @@ def prepare_split(
     label_column: str | None = None,
     max_samples: int | None = None,
     strict: bool = False,
+    example_transform: Callable[[dict[str, list[Any]]], dict[str, Any]] | None = None,
 ) -> Dataset | IterableDataset:
     """Limit to ``max_samples`` and attach the transform lazily (applied when an example is read). Images are
-    decoded by the transform (``Image(decode=False)``), so an unreadable file is skipped or, ``strict``, reported."""
+    decoded by the transform (``Image(decode=False)``), so an unreadable file is skipped or, ``strict``, reported.
+    ``example_transform`` replaces the batched ``make_example_transform(image_transform, ...)`` (the
+    ``--decode_on_device`` one)."""
     if max_samples is not None:
         dataset = (
             dataset.take(max_samples)
@@ -369,7 +388,7 @@ def prepare_split(
             else dataset.select(range(min(max_samples, len(dataset))))
         )
     dataset = undecoded(dataset, image_column)
-    transform = make_example_transform(image_transform, image_column, label_column, strict)
+    transform = example_transform or make_example_transform(image_transform, image_column, label_column, strict)
     if isinstance(dataset, IterableDataset):
         # Streams are transformed in the loader's collate function (see ``TransformingCollate``), per batch.
         keep = [image_column] + ([label_column] if label_column else [])
@@ -511,15 +530,24 @@ def build_pretrain_data(
     args: argparse.Namespace, input_size: int, num_processes: int, process_index: int
 ) -> tuple[EpochDataLoaders, Dataset]:
     """Training loaders and the images for reconstruction grids (validation split, else training split) with the
-    eval transform, from the parsed options."""
+    eval transform, from the parsed options. With ``--decode_on_device`` the training batches carry JPEG bytes and
+    crop boxes (``device_decode``); the step decodes them."""
     splits = load_image_datasets_from_args(args, streaming=args.streaming)
     image_column = detect_image_column(splits["train"], args.image_column_name)
     strict = bool(getattr(args, "strict_data", False))
     train_transform = build_pretrain_transform(input_size, normalize=False)  # uint8 to the device
-    train = prepare_split(splits["train"], train_transform, image_column, None, args.max_train_samples, strict)
+    example_transform = make_example_transform(train_transform, image_column, None, strict)
     collate_fn = collate_images
+    if getattr(args, "decode_on_device", False):
+        from .device_decode import collate_encoded_images, make_device_decode_transform
+
+        example_transform = make_device_decode_transform(input_size, image_column, strict)
+        collate_fn = collate_encoded_images
+    train = prepare_split(
+        splits["train"], train_transform, image_column, None, args.max_train_samples, strict, example_transform
+    )
     if args.streaming:
-        collate_fn = TransformingCollate(make_example_transform(train_transform, image_column, None, strict))
+        collate_fn = TransformingCollate(example_transform, collate_fn)
     elif len(train) == 0:
         raise OptionError("The training data is empty; check --train_dir / --dataset_name / --train_split.")
     loaders = EpochDataLoaders(
@@ -607,7 +635,9 @@ __all__ = [
     "readable_preview",
     "steps_per_epoch",
     "streaming_steps_per_epoch",
+    "strict_data_error",
     "to_rgb",
     "total_training_steps",
     "undecoded",
+    "unreadable_reason",
 ]

@@ -12,6 +12,8 @@ clipping, optimizer step. Around it: epoch/step counters (the data position, for
 
 Every decision that must be the same on all processes (skip a step, stop on a signal) is agreed with one
 all-reduce per batch, so a NaN on one rank or a signal delivered to one rank cannot make the processes diverge.
+With fused AdamW (the default) the step never waits for the device: the skip happens on the device and the host
+reads the flags, and the loss, at logging and checkpoint steps only (``StepFlags``).
 """
 
 from __future__ import annotations
@@ -240,6 +242,56 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+class StepFlags:
+    """Per optimizer step, on the device: did any process see a non-finite loss in the step's batches, did any get
+    a stop signal. One all-reduce of two numbers per batch agrees on them across processes, so a NaN or a signal on
+    one rank cannot make the processes diverge.
+
+    The host reads them only at decision points (logging, checkpoint and last steps) when the optimizer can skip an
+    update on the device: fused Adam/AdamW take ``found_inf`` as under a GradScaler. The training step then has no
+    host-device synchronisation. Other optimizers (LARS, the AdamW loop, fp16 with a GradScaler) are read every step
+    and their update is skipped on the host. A single process reads its stop signal on the host every step; several
+    processes act on one at the next decision point, where all of them read the agreed flag."""
+
+    def __init__(self, accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> None:
+        self.accelerator = accelerator
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer under Accelerate's wrapper
+        self.skips_on_device = (
+            bool(getattr(self.optimizer, "_step_supports_amp_scaling", False)) and accelerator.scaler is None
+        )
+        self.cycle: torch.Tensor | None = None  # flags of the current accumulation cycle
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, flags) not read yet
+
+    def add_batch(self, loss: torch.Tensor, signal_received: bool) -> None:
+        flags = torch.stack([(~torch.isfinite(loss.detach())).float(), torch.zeros_like(loss, dtype=torch.float)])
+        if self.accelerator.num_processes > 1:
+            flags[1] = float(signal_received)  # a device-side fill: no synchronisation
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        self.cycle = flags if self.cycle is None else torch.maximum(self.cycle, flags)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Step unless the cycle had a non-finite loss (decided on the device when the optimizer allows it)."""
+        if self.skips_on_device:
+            self.optimizer.found_inf = self.cycle[0]
+            optimizer.step()
+            self.optimizer.found_inf = None
+        elif self.cycle[0].item() == 0:
+            optimizer.step()
+
+    def end_step(self, step: int) -> None:
+        self.pending.append((step, self.cycle))
+        self.cycle = None
+
+    def read(self) -> list[tuple[int, bool, bool]]:
+        """(step, non-finite, stop signal) of every step since the last read."""
+        if not self.pending:
+            return []
+        values = torch.stack([flags for _, flags in self.pending]).tolist()
+        steps = [step for step, _ in self.pending]
+        self.pending = []
+        return [(step, bad > 0, stop > 0) for step, (bad, stop) in zip(steps, values)]
+
+
 def run_training_loop(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -264,10 +316,10 @@ def run_training_loop(
         desc=settings.desc,
     )
     timer = StepTimer()
+    flags = StepFlags(accelerator, optimizer)
     interval_loss = torch.zeros((), device=accelerator.device)
-    interval_batches = 0
+    interval_batches = torch.zeros((), device=accelerator.device)
     consecutive_nonfinite = 0
-    cycle_nonfinite = False  # a non-finite batch in the current accumulation cycle: its optimizer step is skipped
     lr = 0.0
     train_start = time.perf_counter()
     with _StopSignals() as signals:
@@ -290,97 +342,90 @@ def run_training_loop(
                     )
                     set_learning_rate(optimizer, lr)
                     loss = compute_loss(batch)
-                    # One all-reduce agrees on "some rank saw a non-finite loss" and "some rank got a signal".
-                    flags = torch.tensor(
-                        [float(not torch.isfinite(loss.detach()).item()), float(signals.received is not None)],
-                        device=accelerator.device,
-                    )
-                    if accelerator.num_processes > 1:
-                        flags = accelerator.reduce(flags, reduction="sum")
-                    if flags[0] > 0:
-                        cycle_nonfinite = True
-                    if not cycle_nonfinite:
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and settings.clip_grad:
+                    flags.add_batch(loss, signals.received is not None)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        if settings.clip_grad:
                             accelerator.clip_grad_norm_(model.parameters(), settings.clip_grad)
-                        optimizer.step()
+                        flags.optimizer_step(optimizer)  # skipped when a loss of the cycle was not finite
                     optimizer.zero_grad(set_to_none=True)
-                if not cycle_nonfinite:
-                    interval_loss += loss.detach().float()
-                    interval_batches += 1
+                # Summed on the device: a non-finite loss does not count (the log shows the trained batches' loss).
+                finite = torch.isfinite(loss.detach())
+                interval_loss += torch.where(finite, loss.detach().float(), 0.0)
+                interval_batches += finite.float()
                 progress.batches_into_epoch += 1
                 timer.compute_done(next(iter(batch.values())).shape[0] * accelerator.num_processes)
                 if not accelerator.sync_gradients:
                     continue
 
                 # --- One optimizer step done (or skipped) ---------------------------------------------------------
-                if cycle_nonfinite:
-                    result.nonfinite_steps += 1
-                    consecutive_nonfinite += 1
-                    jsonl.log({"step": progress.global_step + 1, "nonfinite_loss_skipped": True})
-                    accelerator.print(
-                        f"Non-finite loss at step {progress.global_step + 1}: optimizer step skipped "
-                        f"({consecutive_nonfinite} in a row)."
-                    )
+                step = progress.global_step + 1
+                flags.end_step(step)
+                end_of_epoch = settings.steps_in_epoch is not None and (
+                    progress.batches_into_epoch >= settings.steps_in_epoch * settings.gradient_accumulation_steps
+                )
+                finished = step >= settings.total_steps
+                logging_step = step % settings.logging_steps == 0 or finished
+                checkpoint_step = should_checkpoint(settings.checkpointing_steps, step, end_of_epoch)
+                stop_signal = accelerator.num_processes == 1 and signals.received is not None
+                if not flags.skips_on_device or logging_step or checkpoint_step or stop_signal:
+                    for flagged_step, nonfinite, stop in flags.read():
+                        stop_signal = stop_signal or stop
+                        if not nonfinite:
+                            consecutive_nonfinite = 0
+                            continue
+                        result.nonfinite_steps += 1
+                        consecutive_nonfinite += 1
+                        jsonl.log({"step": flagged_step, "nonfinite_loss_skipped": True})
+                        accelerator.print(
+                            f"Non-finite loss at step {flagged_step}: optimizer step skipped "
+                            f"({consecutive_nonfinite} in a row)."
+                        )
                     if consecutive_nonfinite >= settings.max_nonfinite_steps:
                         bar.close()
                         found = list_checkpoints(settings.output_dir)
                         where = f"the last good checkpoint {found[-1]} is intact" if found else "no checkpoint yet"
                         raise NonFiniteLossError(
                             f"Stopped: {consecutive_nonfinite} consecutive optimizer steps with a non-finite loss "
-                            f"(up to step {progress.global_step + 1}); no checkpoint of this state was written and "
+                            f"(up to step {step}); no checkpoint of this state was written and "
                             f"{where}. Lower --blr/--learning_rate, use bf16 instead of fp16, or set --clip_grad, "
                             "then resume with --resume_from_checkpoint latest."
                         )
-                else:
-                    consecutive_nonfinite = 0
-                cycle_nonfinite = False
-                progress.global_step += 1
+                progress.global_step = step
                 result.steps_this_run += 1
                 timer.steps += 1
                 bar.update(1)
-                end_of_epoch = settings.steps_in_epoch is not None and (
-                    progress.batches_into_epoch >= settings.steps_in_epoch * settings.gradient_accumulation_steps
-                )
                 if end_of_epoch:
                     progress.epoch += 1
                     progress.batches_into_epoch = 0
-                finished = progress.global_step >= settings.total_steps
-                if progress.global_step % settings.logging_steps == 0 or finished:
-                    loss_value = accelerator.reduce(interval_loss / max(interval_batches, 1), reduction="mean").item()
-                    result.last_loss = loss_value if interval_batches else float("nan")
+                if logging_step:
+                    batches = accelerator.reduce(interval_batches, reduction="sum").item()
+                    loss_sum = accelerator.reduce(interval_loss, reduction="sum").item()
+                    result.last_loss = loss_sum / batches if batches else float("nan")
                     speed = timer.summary()
-                    record = {
-                        "step": progress.global_step,
-                        "epoch": progress.global_step / settings.schedule_steps_per_epoch,
-                        "loss": result.last_loss,
-                        "lr": lr,
-                        **speed,
-                    }
-                    jsonl.log(record)
+                    record = {"step": step, "epoch": step / settings.schedule_steps_per_epoch, "loss": result.last_loss}
+                    jsonl.log({**record, "lr": lr, **speed})
                     accelerator.log(
                         {"train/loss": result.last_loss, "train/lr": lr, **{f"perf/{k}": v for k, v in speed.items()}},
-                        step=progress.global_step,
+                        step=step,
                     )
                     bar.set_postfix(postfix(result.last_loss, lr, speed["images_per_sec"]))
                     interval_loss.zero_()
-                    interval_batches = 0
+                    interval_batches.zero_()
                     timer.reset()
                 if after_step is not None:
-                    after_step(progress.global_step, end_of_epoch)
+                    after_step(step, end_of_epoch)
                     model.train()
-                if flags[1] > 0:  # a stop signal: save the state after this finished step and leave
+                if stop_signal:  # save the state after this finished step and leave
                     bar.close()
                     path = save_checkpoint(accelerator, settings.output_dir, progress, settings.checkpoints_total_limit)
                     raise TrainingInterrupted(
-                        f"Stopped by a signal after step {progress.global_step}; checkpoint saved to {path}. "
+                        f"Stopped by a signal after step {step}; checkpoint saved to {path}. "
                         "Resume with --resume_from_checkpoint latest.",
                         path,
                     )
                 # No scheduled checkpoint right after a skipped step: the newest checkpoint stays a good one.
-                if consecutive_nonfinite == 0 and should_checkpoint(
-                    settings.checkpointing_steps, progress.global_step, end_of_epoch
-                ):
+                if consecutive_nonfinite == 0 and checkpoint_step:
                     save_checkpoint(accelerator, settings.output_dir, progress, settings.checkpoints_total_limit)
                 timer.restart_clock()
                 if finished or end_of_epoch:
@@ -399,6 +444,7 @@ __all__ = [
     "LoopResult",
     "LoopSettings",
     "NonFiniteLossError",
+    "StepFlags",
     "TrainingInterrupted",
     "add_loop_arguments",
     "check_loop_arguments",
