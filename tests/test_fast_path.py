@@ -110,6 +110,9 @@ def test_benchmark_runs_every_implementation_and_reports_ratios(tmp_path, task):
     best_anchor = max(r["images_per_second"] for r in report["results"] if not r["name"].startswith("mae_hf"))
     assert report["speedup_vs_best_anchor"] == pytest.approx(report["results"][0]["images_per_second"] / best_anchor)
     assert report["gflop_per_image"] > 0 and report["matmul_tflops"] > 0
+    if task == "pretrain":
+        vitmae = next(r for r in report["results"] if r["name"] == "transformers ViTMAE (sdpa)")
+        assert report["step_time_vs_vitmae_sdpa"] == pytest.approx(report["results"][0]["step_ms"] / vitmae["step_ms"])
     assert "| implementation |" in run.stdout
 
 
