@@ -253,6 +253,8 @@ class StepFlags:
     and their update is skipped on the host. A single process reads its stop signal on the host every step; several
     processes act on one at the next decision point, where all of them read the agreed flag."""
 
+    MAX_UNREAD = 100
+
     def __init__(self, accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> None:
         self.accelerator = accelerator
         self.optimizer = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer under Accelerate's wrapper
@@ -277,6 +279,11 @@ class StepFlags:
             self.optimizer.found_inf = None
         elif self.cycle[0].item() == 0:
             optimizer.step()
+
+    def due(self, decision_point: bool) -> bool:
+        """Whether to read the flags after this step: at a decision point, every step when the optimizer cannot skip
+        on the device, and at the latest every ``MAX_UNREAD`` steps (a long logging interval)."""
+        return decision_point or not self.skips_on_device or len(self.pending) >= self.MAX_UNREAD
 
     def end_step(self, step: int) -> None:
         self.pending.append((step, self.cycle))
@@ -368,7 +375,7 @@ def run_training_loop(
                 logging_step = step % settings.logging_steps == 0 or finished
                 checkpoint_step = should_checkpoint(settings.checkpointing_steps, step, end_of_epoch)
                 stop_signal = accelerator.num_processes == 1 and signals.received is not None
-                if not flags.skips_on_device or logging_step or checkpoint_step or stop_signal:
+                if flags.due(logging_step or checkpoint_step or stop_signal):
                     for flagged_step, nonfinite, stop in flags.read():
                         stop_signal = stop_signal or stop
                         if not nonfinite:
