@@ -43,7 +43,7 @@ from mae_hf.convert import mae_to_reference_state_dict, vitmae_from_mae
 from mae_hf.timm_reference import ReferenceMAE
 from mae_hf.training.args import build_pretrain_parser
 from mae_hf.training.data import build_pretrain_data, normalize_images
-from mae_hf.training.device_decode import decode_batch
+from mae_hf.training.device_decode import DeviceDecodingLoader
 
 MODELS = {
     # small enough for a 2-core CPU, large enough that matrix products dominate
@@ -334,12 +334,14 @@ def time_end_to_end(
     no_images = torch.empty(0, device=device)  # each step gets its batch
     timer = StepTimer(model, lambda m, images: m(pixel_values=images).loss, no_images, args.precision)
 
+    loader = loaders.epoch_loader(0)
+    if args.decode_on_device:
+        loader = DeviceDecodingLoader(loader, device, config.image_size)
+    batches: Iterator[dict] = iter(loader)
+
     def pixels(batch: dict) -> torch.Tensor:
-        if args.decode_on_device:
-            return decode_batch(batch, device, config.image_size)
         return batch["pixel_values"].to(device, non_blocking=True)
 
-    batches: Iterator[dict] = iter(loaders.epoch_loader(0))
     for _ in range(args.warmup):
         timer.step(normalize_images(pixels(next(batches))))
     per_round = []

@@ -40,7 +40,7 @@ from mae_hf.training.data import (
     streaming_steps_per_epoch,
     total_training_steps,
 )
-from mae_hf.training.device_decode import decode_batch
+from mae_hf.training.device_decode import DeviceDecodingLoader
 from mae_hf.training.knn import extract_features, knn_top1
 from mae_hf.training.logging import read_jsonl
 from mae_hf.training.loop import (
@@ -191,12 +191,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if knn_loaders is not None and step % args.knn_every == 0:
             last_knn = monitor_knn(step)
 
-    def batch_pixels(batch: dict) -> torch.Tensor:
-        """uint8 images on the device. With --decode_on_device the JPEGs are decoded and cropped here, inside the
-        step: the loop's data_time then covers reading bytes and drawing boxes only, decoding counts in step_time."""
-        if args.decode_on_device:
-            return decode_batch(batch, accelerator.device, input_size, args.strict_data, loaders.unreadable)
-        return batch["pixel_values"]
+    def epoch_loader(epoch: int, skip: int):
+        loader = loaders.epoch_loader(epoch, skip_batches=skip)
+        if args.decode_on_device:  # JPEGs decoded and cropped on the device, one batch ahead of the step
+            return DeviceDecodingLoader(loader, accelerator.device, input_size, args.strict_data, loaders.unreadable)
+        return loader
 
     settings = LoopSettings.from_args(
         args,
@@ -209,8 +208,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         accelerator,
         model,
         optimizer,
-        lambda epoch, skip: loaders.epoch_loader(epoch, skip_batches=skip),
-        lambda batch: model(pixel_values=normalize_images(batch_pixels(batch))).loss,
+        epoch_loader,
+        lambda batch: model(pixel_values=normalize_images(batch["pixel_values"])).loss,
         progress,
         settings,
         jsonl,

@@ -1,4 +1,4 @@
-"""--decode_on_device: JPEG bytes and crop boxes from the workers, decode + RandomResizedCrop in the step. On CPU
+"""--decode_on_device: JPEG bytes and crop boxes from the workers, decode + RandomResizedCrop on the device. On CPU
 the device path gives the PIL path's pixels exactly (same RNG draws, same libjpeg-turbo output, same resize
 kernel); other formats are finished on the workers; unreadable files are skipped and reported, or name the file
 under --strict_data; a short pre-training run on mixed data completes."""
@@ -31,6 +31,7 @@ from mae_hf.training.data import (
     to_rgb,
 )
 from mae_hf.training.device_decode import (
+    DeviceDecodingLoader,
     EncodedJpegs,
     check_jpeg_decoder,
     collate_encoded_images,
@@ -275,6 +276,23 @@ def test_loaders_deliver_encoded_batches_from_worker_processes(mixed_folder: Pat
     }
 
 
+def test_decoding_loader_hands_out_each_batch_decoded_in_order(mixed_folder: Path, datasets_cache: Path, tmp_path):
+    args = parse_args_with_recipe(build_pretrain_parser(), _argv(mixed_folder, tmp_path, datasets_cache))
+    loaders, _ = build_pretrain_data(args, 32, 1, 0)
+    torch.manual_seed(0)  # no worker processes: the crop boxes are drawn from the global RNG
+    expected = [decode_batch(batch, "cpu", 32) for batch in loaders.epoch_loader(0)]
+    torch.manual_seed(0)
+    decoding = DeviceDecodingLoader(loaders.epoch_loader(0), "cpu", 32, unreadable=loaders.unreadable)
+    decoded = list(decoding)
+    assert len(decoding) == len(decoded) == len(expected) == 4
+    for batch, pixels in zip(decoded, expected):
+        assert list(batch) == ["pixel_values"] and torch.equal(batch["pixel_values"], pixels)
+    assert {item.split(" (")[0].rsplit("/", 1)[-1] for item in loaders.unreadable.files} == {
+        "truncated.jpg",
+        "corrupt_scan.jpg",
+    }
+
+
 def test_pretraining_run_with_decode_on_device(mixed_folder: Path, datasets_cache: Path, tmp_path: Path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -288,7 +306,7 @@ def test_pretraining_run_with_decode_on_device(mixed_folder: Path, datasets_cach
     finally:
         torch.set_num_threads(threads)
     assert results["global_step"] == 4 and (tmp_path / "run" / "model.safetensors").is_file()
-    assert results["unreadable_images"] == 2  # truncated.jpg (on a worker) and corrupt_scan.jpg (in the step)
+    assert results["unreadable_images"] == 2  # truncated.jpg (on a worker) and corrupt_scan.jpg (on the device)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     losses = [record for record in records if "loss" in record]
     assert [record["step"] for record in losses] == [2, 4]

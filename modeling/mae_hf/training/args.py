@@ -132,7 +132,8 @@ def add_data_args(parser: argparse.ArgumentParser, decode_on_device: bool = Fals
             action="store_true",
             help="Decode JPEGs and crop on the accelerator with torchvision's nvJPEG decode (decode_jpeg on CUDA): "
             "workers only read bytes and draw crop boxes; other formats are decoded on the workers; results differ "
-            "from the PIL path only by decoder/resize rounding. Decoding then counts in step_time, not data_time.",
+            "from the PIL path only by decoder/resize rounding. Decoding runs one batch ahead of the step (on a side "
+            "CUDA stream) and counts in data_time.",
         )
 
 

@@ -531,7 +531,7 @@ def build_pretrain_data(
 ) -> tuple[EpochDataLoaders, Dataset]:
     """Training loaders and the images for reconstruction grids (validation split, else training split) with the
     eval transform, from the parsed options. With ``--decode_on_device`` the training batches carry JPEG bytes and
-    crop boxes (``device_decode``); the step decodes them."""
+    crop boxes (``device_decode``); ``DeviceDecodingLoader`` decodes them on the device."""
     splits = load_image_datasets_from_args(args, streaming=args.streaming)
     image_column = detect_image_column(splits["train"], args.image_column_name)
     strict = bool(getattr(args, "strict_data", False))

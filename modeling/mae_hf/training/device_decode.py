@@ -1,22 +1,24 @@
 """JPEG decode and RandomResizedCrop on the training device (``--decode_on_device``).
 
 Data-loader workers only read each file and, from its JPEG header (no pixel decode), draw the reference's crop
-box and flip with the same torch RNG calls, in the same order, as ``build_pretrain_transform``. The training step
-then decodes the whole batch with torchvision's ``decode_jpeg`` (nvJPEG on CUDA, one batched call), crops,
-resizes (bicubic, antialias) and flips there. Everything that is not a complete RGB or grayscale JPEG (PNG, CMYK
-JPEG, a truncated file, ...) is decoded and augmented on the workers by the PIL path, so every image gets the
-reference augmentation. The results differ from the PIL path only by decoder and resize rounding (on CPU there is
-none: the same libjpeg-turbo output and the same uint8 resize kernel). EXIF orientation is ignored, as on the PIL
-path. Unreadable images are skipped and listed, or stop the run under ``--strict_data``, as on the PIL path; a
-JPEG whose header parses but whose data does not decode is found in the step and reported the same way.
+box and flip with the same torch RNG calls, in the same order, as ``build_pretrain_transform``. In the training
+process ``DeviceDecodingLoader`` then decodes each batch with torchvision's ``decode_jpeg`` (nvJPEG on CUDA, one
+batched call, one batch ahead on a side stream), crops, resizes (bicubic, antialias) and flips it on the device.
+Everything that is not a complete RGB or grayscale JPEG (PNG, CMYK JPEG, a truncated file, ...) is decoded and
+augmented on the workers by the PIL path, so every image gets the reference augmentation. The results differ from
+the PIL path only by decoder and resize rounding (on CPU there is none: the same libjpeg-turbo output and the same
+uint8 resize kernel). EXIF orientation is ignored, as on the PIL path. Unreadable images are skipped and listed, or
+stop the run under ``--strict_data``, as on the PIL path; a JPEG whose header parses but whose data does not
+decode is found on the device and reported the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +49,7 @@ DEVICE_MODES = ("RGB", "L")  # what nvJPEG decodes to RGB exactly like PIL's con
 @dataclass
 class EncodedJpegs:
     """The JPEG images of a batch, in host memory: nvJPEG reads its input from there and the crop boxes are
-    needed as Python numbers. ``to()`` returns the object itself, so the training loop's move of every batch entry
-    to the device leaves it in place. The files travel as one tensor (one shared-memory block from a worker)."""
+    needed as Python numbers. The files travel as one tensor (one shared-memory block from a worker)."""
 
     data: torch.Tensor  # uint8, every file's bytes one after the other
     sizes: list[int]  # bytes of each file
@@ -56,9 +57,6 @@ class EncodedJpegs:
     flips: torch.Tensor  # (N,) bool: flip horizontally after the crop
     positions: list[int]  # rows of the batch
     names: list[str]  # file names, for reporting a file that does not decode
-
-    def to(self, *args: Any, **kwargs: Any) -> EncodedJpegs:
-        return self
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -143,8 +141,7 @@ def make_device_decode_transform(
 def collate_encoded_images(examples: list[dict[str, Any]]) -> dict[str, Any]:
     """A ``--decode_on_device`` batch (tensors and an ``EncodedJpegs``: a worker can return it):
 
-    * ``jpeg_mask``: (B,) bool, True where the row is a JPEG decoded in the step. First entry: its length is the
-      batch size (the training loop counts images from the first entry);
+    * ``jpeg_mask``: (B,) bool, True where the row is a JPEG decoded on the device;
     * ``jpegs``: ``EncodedJpegs`` (bytes, crop boxes, flips, rows) of those rows;
     * ``worker_pixel_values``: (K, 3, S, S) uint8, the other rows in order (present when K > 0);
     * ``skipped_images`` as ``collate_images`` (unreadable files, dropped), which also raises
@@ -276,7 +273,58 @@ def decode_batch(
     return torch.stack(kept)
 
 
+class DeviceDecodingLoader:
+    """Batches of a ``collate_encoded_images`` loader as ``{"pixel_values": uint8 (B, 3, S, S) on device}``.
+
+    On CUDA each batch is decoded one batch ahead on a side stream: the decode and crop kernels of batch N+1 are
+    queued before batch N is handed to the training step, so they run beside that step's kernels, and the step's
+    stream waits for them only when it uses batch N+1. Elsewhere (CPU) batches are decoded as they are handed out.
+    Decoding happens while the loop waits for data, so ``data_time`` in the log includes it."""
+
+    def __init__(
+        self,
+        loader: Iterable[dict[str, Any]],
+        device: torch.device | str,
+        input_size: int,
+        strict: bool = False,
+        unreadable: UnreadableImages | None = None,
+    ) -> None:
+        self.loader = loader
+        self.device = torch.device(device)
+        self.input_size = input_size
+        self.strict = strict
+        self.unreadable = unreadable
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        queued: dict[str, torch.Tensor] | None = None
+        for batch in self.loader:
+            decoded = self._decode(batch, stream)
+            if queued is not None:
+                yield self._ready(queued, stream)
+            queued = decoded
+        if queued is not None:
+            yield self._ready(queued, stream)
+
+    def _decode(self, batch: dict[str, Any], stream: torch.cuda.Stream | None) -> dict[str, torch.Tensor]:
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            pixels = decode_batch(batch, self.device, self.input_size, self.strict, self.unreadable)
+        return {"pixel_values": pixels}
+
+    @staticmethod
+    def _ready(batch: dict[str, torch.Tensor], stream: torch.cuda.Stream | None) -> dict[str, torch.Tensor]:
+        if stream is not None:
+            consumer = torch.cuda.current_stream(stream.device)
+            consumer.wait_stream(stream)
+            batch["pixel_values"].record_stream(consumer)  # its memory is not reused before the step is done
+        return batch
+
+
 __all__ = [
+    "DeviceDecodingLoader",
     "EncodedJpegs",
     "check_jpeg_decoder",
     "collate_encoded_images",
