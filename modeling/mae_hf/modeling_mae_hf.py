@@ -157,8 +157,10 @@ def masking_indices(
 ) -> tuple[torch.LongTensor, torch.Tensor, torch.LongTensor]:
     """Per-sample random masking by argsort of uniform noise, as the reference does: the patches with the smallest
     noise are kept. Returns ``ids_keep`` (B, kept) in shuffled order, the binary mask (B, L; 0 = kept, 1 = removed,
-    original order) and ``ids_restore`` (B, L), the argsort of the shuffle."""
+    original order) and ``ids_restore`` (B, L), the argsort of the shuffle, on ``device`` (default: the noise's)."""
     len_keep = int(length * (1 - mask_ratio))
+    if device is None and noise is not None:
+        device = noise.device
     if noise is None:
         noise = torch.rand(batch, length, device=device)
     elif noise.shape != (batch, length):
