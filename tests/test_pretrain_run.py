@@ -20,25 +20,15 @@ from mae_hf.training.visualize import grid_shape
 
 PYTHON = sys.executable
 TINY_STEPS = 15  # 48 images / batch 16 = 3 steps per epoch, 5 epochs
+# the full run's checkpoint and monitor schedule, which its resumed copy must share
+FULL_RUN_MONITORS = ("--checkpointing_steps", "4", "--visualize_every", "5", "--knn_every", "5", "--knn_k", "5")
 
 
 @pytest.fixture(scope="module")
 def full_run(image_folder: Path, datasets_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One uninterrupted in-process run with every monitor on; checkpoints every 4 steps (4 is mid-epoch)."""
     output = tmp_path_factory.mktemp("full_run")
-    argv = tiny_pretrain_argv(
-        image_folder,
-        output,
-        datasets_cache,
-        "--checkpointing_steps",
-        "4",
-        "--visualize_every",
-        "5",
-        "--knn_every",
-        "5",
-        "--knn_k",
-        "5",
-    )
+    argv = tiny_pretrain_argv(image_folder, output, datasets_cache, *FULL_RUN_MONITORS)
     results = load_pretrain_script().main(argv)
     assert results["global_step"] == TINY_STEPS
     return output
@@ -113,14 +103,7 @@ def test_resume_in_new_process_reproduces_uninterrupted_weights(
         image_folder,
         output,
         datasets_cache,
-        "--checkpointing_steps",
-        "4",
-        "--visualize_every",
-        "5",
-        "--knn_every",
-        "5",
-        "--knn_k",
-        "5",
+        *FULL_RUN_MONITORS,
         "--resume_from_checkpoint",
         "latest",
     )
